@@ -1,0 +1,1 @@
+"""cbmir services: embedding, store and query, shared by ingestion and the gRPC service."""

@@ -1,0 +1,348 @@
+"""`cbmir` command line: ingest, serve, search, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.logs import configure_logging
+
+log = logging.getLogger("cbmir")
+
+DESCRIPTION = """\
+cbmir: content-based medical image retrieval.
+Images (DICOM, PNG, JPEG, PGM, TIFF, MedMNIST npz) are embedded by a CNN, stored in Milvus, and searched over gRPC.
+Default store: Milvus Lite, a local file (./cbmir.db). A Milvus server: --milvus-uri http://host:19530.
+"""
+
+
+# -- shared flags ------------------------------------------------------------------------------------------
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    from services.store import DEFAULT_COLLECTION, DEFAULT_URI
+
+    parser.add_argument("--milvus-uri", default=os.environ.get("CBMIR_MILVUS_URI", DEFAULT_URI),
+                        help="Milvus Lite file (path ending in .db) or server URI http://host:19530 "
+                             "(env CBMIR_MILVUS_URI; default %(default)s)")
+    parser.add_argument("--milvus-token", default=os.environ.get("CBMIR_MILVUS_TOKEN", ""),
+                        help="Milvus server token 'user:password' (env CBMIR_MILVUS_TOKEN; never logged)")
+    parser.add_argument("--collection", default=DEFAULT_COLLECTION,
+                        help="collection name; one collection per embedding model (default %(default)s)")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="CNN backbone: efficientnet_lite0 (ships ImageNet weights), densenet121, resnet50, "
+                             "resnet18, vgg16, squeezenet1_1 (these need --weights or --random-init) "
+                             "(default %(default)s)")
+    parser.add_argument("--weights", default=None, metavar="PATH",
+                        help="a state_dict file for the backbone (sha256 recorded in the model identity)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="allow a randomly initialised backbone (seeded; for tests and plumbing only)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default %(default)s)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="auto = bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32 (default auto)")
+
+
+def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default %(default)s)")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    from services.embedding import EmbeddingModel
+
+    return EmbeddingModel.load(args.backbone, weights=args.weights, random_init=args.random_init,
+                               device=args.device, precision=args.precision)
+
+
+# -- subcommands -------------------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingestion.runner import run_ingestion
+
+    from ingestion.config import IngestConfig
+
+    config = IngestConfig(
+        source=args.source, milvus_uri=args.milvus_uri, collection=args.collection, backbone=args.backbone,
+        weights=args.weights, random_init=args.random_init, device=args.device,
+        gpus_per_actor=args.gpus_per_actor, precision=args.precision, actors=args.actors,
+        batch_size=args.batch_size, ray_address=args.ray_address, index_type=args.index, metric=args.metric,
+        dataset=args.dataset, manifest=args.manifest, image_column=args.image_column,
+        label_column=args.label_column, split=args.split, limit=args.limit, report_path=args.report,
+        progress=not args.no_progress,
+    )
+    report = run_ingestion(config)
+    print(report.summary())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.query.engine import RetrievalEngine
+    from services.query.metrics import serve_metrics
+    from services.query.server import serve_forever, start_server
+    from services.store import MilvusStore
+
+    model = _load_model(args)
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token)
+    engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
+                             max_image_bytes=args.max_image_mb * 1024 * 1024)
+    engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
+    serve_metrics(args.metrics_port, args.metrics_host)
+    running = start_server(engine, host=args.host, port=args.port, max_message_mb=args.max_message_mb,
+                           workers=args.workers)
+    print(f"cbmir serving {args.collection} on {args.host}:{running.port} "
+          f"(model {model.identity.architecture} {model.identity.model_id}); Ctrl-C stops", file=sys.stderr)
+    serve_forever(running)
+    store.close()
+    return 0
+
+
+def _parse_filters(items: list[str]) -> dict[str, str]:
+    filters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--filter takes FIELD=VALUE, got {item!r}")
+        filters[key.strip()] = value
+    return filters
+
+
+def print_hits(reply: Any, out: Any = sys.stdout) -> None:
+    t = reply.timings
+    print(f"collection {reply.collection}  model {reply.model_id}  "
+          f"decode {t.decode_ms:.1f} ms  embed {t.embed_ms:.1f} ms  search {t.search_ms:.1f} ms  "
+          f"server total {t.total_ms:.1f} ms", file=out)
+    print(f"{'rank':>4}  {'score':>8}  {'label':<16} {'modality':<8} {'id':<14} source", file=out)
+    for hit in reply.hits:
+        print(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.label[:16]:<16} {hit.metadata.get('modality', '')[:8]:<8} "
+              f"{hit.id[:12]:<14} {hit.source}", file=out)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from services.query.client import RetrievalClient
+
+    with RetrievalClient(args.target, timeout=args.timeout) as client:
+        try:
+            kwargs: dict[str, Any] = {"id": args.id} if args.id else {"image": Path(args.image)}
+            reply = client.search(top_k=args.k, collection=args.collection, filters=_parse_filters(args.filter),
+                                  prefilter=args.prefilter, prefilter_class=args.prefilter_class, **kwargs)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+    else:
+        print_hits(reply)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from services.embedding import BACKBONES
+    from services.store import MilvusStore
+
+    print("backbones:")
+    for name, spec in BACKBONES.items():
+        weights = spec.bundled_weights or "needs --weights PATH (or --random-init)"
+        print(f"  {name:<18} dim {spec.dim:<5} input {spec.input_size}px  weights: {weights}")
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token)
+    names = [args.collection] if args.only else store.list_collections()
+    print(f"store {args.milvus_uri}: {len(names)} collection(s)")
+    for name in names:
+        info = store.describe(name)
+        identity = json.loads(info.model_identity_json or "{}")
+        print(f"  {info.name}: {info.row_count} rows, dim {info.dim}, {info.metric}, {info.index_type} "
+              f"{json.dumps(info.index_params)}; model {identity.get('architecture')} "
+              f"weights {str(identity.get('weights_sha256'))[:12]}")
+    store.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job end to end on the embedded default: archive → Ray → Milvus Lite → gRPC → top-k."""
+    from ingestion.runner import run_ingestion
+
+    from ingestion.config import IngestConfig
+    from ingestion.samples import build_dicom_archive
+    from services.query.client import RetrievalClient
+    from services.query.engine import RetrievalEngine
+    from services.query.server import start_server
+    from services.store import MilvusStore
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.source:
+        source = Path(args.source)
+    else:
+        source = build_dicom_archive(workdir / "dicom-archive")
+        print(f"[1/4] built a real DICOM archive from pydicom/pydicom-data: {source}")
+    uri = str(workdir / "cbmir.db")
+    print(f"[2/4] ingesting {source} with {args.actors} Ray actors into Milvus Lite {uri}")
+    report = run_ingestion(IngestConfig(
+        source=str(source), milvus_uri=uri, collection=args.collection, backbone=args.backbone,
+        weights=args.weights, random_init=args.random_init, precision=args.precision, actors=args.actors,
+        batch_size=args.batch_size, label_column=args.label_column, split=args.split, limit=args.limit,
+        report_path=str(workdir / "ingest-report.json"),
+    ))
+    print(report.summary())
+
+    query = Path(args.query) if args.query else _pick_query_image(source)
+    model = _load_model(args)
+    store = MilvusStore(uri)
+    engine = RetrievalEngine(store, model, args.collection)
+    running = start_server(engine, host="127.0.0.1", port=0)
+    print(f"[3/4] gRPC service up on 127.0.0.1:{running.port}")
+    try:
+        with RetrievalClient(f"127.0.0.1:{running.port}") as client:
+            print(f"      health: {client.health()}")
+            info = client.describe(args.collection)
+            print(f"      collection {info.name}: {info.row_count} rows, dim {info.dim}, {info.metric}/"
+                  f"{info.index_type}, model {info.model.architecture} {info.model.model_id}")
+            print(f"[4/4] query: {query}")
+            started = time.perf_counter()
+            reply = client.search(image=query, top_k=args.k)
+            print(f"      round trip {(time.perf_counter() - started) * 1000:.1f} ms")
+            print_hits(reply)
+    finally:
+        running.stop()
+        store.close()
+    print("stopped cleanly")
+    return 0
+
+
+def _pick_query_image(source: Path) -> Path:
+    """A decodable image of the archive, preferring an MR slice (the sample's most interesting modality)."""
+    from services.embedding import ImageDecodeError, decode_image
+
+    files = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() != ".csv")
+    files.sort(key=lambda p: "MR" not in p.name)
+    for path in files:
+        try:
+            decode_image(path.read_bytes())
+            return path
+        except ImageDecodeError:
+            continue
+    raise SystemExit(f"no decodable image in {source}")
+
+
+# -- parser ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cbmir", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = sub.add_parser("ingest", help="embed an image archive with Ray and upsert it into Milvus",
+                            description="Embed every image of SOURCE with Ray actors and upsert it into Milvus. "
+                                        "Idempotent: re-running adds no rows; a crash loses nothing (run again).")
+    ingest.add_argument("source", help="a directory (PNG/JPEG/PGM/TIFF/DICOM, optionally with labels.csv), "
+                                       "a CSV manifest, or a MedMNIST .npz")
+    _add_store_flags(ingest)
+    _add_model_flags(ingest)
+    ingest.add_argument("--actors", type=int, default=2, help="embedding actors (default %(default)s)")
+    ingest.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default %(default)s)")
+    ingest.add_argument("--gpus-per-actor", type=float, default=1.0,
+                        help="with --device cuda: GPUs per actor, fractions share a GPU (default %(default)s)")
+    ingest.add_argument("--ray-address", default=None,
+                        help="Ray cluster address (e.g. auto, ray://head:10001); default: a local Ray")
+    ingest.add_argument("--index", default="HNSW", choices=["HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT"],
+                        help="index of a new collection (default %(default)s)")
+    ingest.add_argument("--metric", default="COSINE", choices=["COSINE", "L2", "IP"],
+                        help="metric of a new collection (default %(default)s)")
+    ingest.add_argument("--dataset", default="", help="dataset name stored with each row (default: source name)")
+    ingest.add_argument("--manifest", default=None, help="CSV manifest (default: SOURCE/labels.csv if present)")
+    ingest.add_argument("--image-column", default="image", help="manifest column with the image path")
+    ingest.add_argument("--label-column", default="label", help="manifest column with the label (MIAS: tissue)")
+    ingest.add_argument("--split", default=None, help="only manifest rows / npz split with this split value")
+    ingest.add_argument("--limit", type=int, default=None, help="ingest at most this many images")
+    ingest.add_argument("--report", default="cbmir-ingest-report.json", help="JSON report path")
+    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_logging_flags(ingest)
+    ingest.set_defaults(func=cmd_ingest)
+
+    serve = sub.add_parser("serve", help="run the gRPC query service",
+                           description="Serve RetrievalService, gRPC health checking and reflection, "
+                                       "and Prometheus metrics.")
+    _add_store_flags(serve)
+    _add_model_flags(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for all; default %(default)s)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default %(default)s)")
+    serve.add_argument("--workers", type=int, default=8, help="RPC worker threads (default %(default)s)")
+    serve.add_argument("--max-top-k", type=int, default=1000, help="largest k a request may ask (default %(default)s)")
+    serve.add_argument("--max-message-mb", type=int, default=256,
+                       help="largest gRPC message in MiB; a full-field mammogram DICOM is ~50-100 MB "
+                            "(default %(default)s)")
+    serve.add_argument("--max-image-mb", type=int, default=256, help="largest query image in MiB")
+    serve.add_argument("--metrics-port", type=int, default=9108,
+                       help="Prometheus /metrics port, 0 disables (default %(default)s)")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus listen address")
+    _add_logging_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    search = sub.add_parser("search", help="query a running service with an image file or a stored id")
+    search.add_argument("image", nargs="?", help="image file to query with (DICOM, PNG, JPEG, ...)")
+    search.add_argument("--id", default=None, help="query with an image already stored, by its id")
+    search.add_argument("-k", type=int, default=10, help="number of hits (default %(default)s)")
+    search.add_argument("--target", default="127.0.0.1:50051", help="service address (default %(default)s)")
+    search.add_argument("--collection", default="", help="collection (default: the server's)")
+    search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                        help="equality filter on label, modality, body_part, view, dataset, ... (repeatable)")
+    search.add_argument("--prefilter", default="off", choices=["off", "predicted", "explicit"])
+    search.add_argument("--prefilter-class", default="", help="class to search with --prefilter explicit")
+    search.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
+    search.add_argument("--json", action="store_true", help="print the reply as JSON")
+    _add_logging_flags(search)
+    search.set_defaults(func=cmd_search)
+
+    info = sub.add_parser("info", help="list backbones, and the collections of a store with their models")
+    _add_store_flags(info)
+    info.add_argument("--only", action="store_true", help="describe only --collection")
+    _add_logging_flags(info)
+    info.set_defaults(func=cmd_info)
+
+    demo = sub.add_parser("demo", help="the whole job on the embedded default: ingest, serve, query, stop",
+                          description="Build a real DICOM archive from installed packages (or use --source), "
+                                      "ingest it with Ray into Milvus Lite, start the gRPC service, query one "
+                                      "image, print the top-k hits and stop.")
+    demo.add_argument("--workdir", default="cbmir-demo", help="where the archive, db and report go")
+    demo.add_argument("--source", default=None,
+                      help="use this archive instead (e.g. ../shared/data/brain-mri with --split train)")
+    demo.add_argument("--query", default=None, help="query image (default: one image of the archive)")
+    demo.add_argument("--label-column", default="label")
+    demo.add_argument("--split", default=None)
+    demo.add_argument("--limit", type=int, default=None)
+    demo.add_argument("--actors", type=int, default=2)
+    demo.add_argument("--batch-size", type=int, default=32)
+    demo.add_argument("-k", type=int, default=5)
+    demo.add_argument("--collection", default="cbmir_demo")
+    _add_model_flags(demo)
+    _add_logging_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, json_format=args.log_json)
+    if args.command == "search" and not (args.image or args.id):
+        raise SystemExit("cbmir search: give an IMAGE file or --id")
+    from services.errors import friendly_errors
+
+    with friendly_errors():
+        return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

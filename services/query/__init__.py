@@ -1,0 +1,1 @@
+"""Query service: retrieval engine, gRPC servicer and server, Python client."""

@@ -1,0 +1,76 @@
+"""RetrievalClient: a small Python client for the gRPC service."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.query.proto import retrieval_pb2, retrieval_pb2_grpc
+from services.query.server import DEFAULT_MAX_MESSAGE_MB
+
+PREFILTERS = {
+    "off": retrieval_pb2.PREFILTER_MODE_OFF,
+    "predicted": retrieval_pb2.PREFILTER_MODE_PREDICTED,
+    "explicit": retrieval_pb2.PREFILTER_MODE_EXPLICIT,
+}
+
+
+class RetrievalClient:
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 30.0,
+                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> None:
+        max_bytes = max_message_mb * 1024 * 1024
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)],
+        )
+        self.stub = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> RetrievalClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def search(
+        self,
+        *,
+        image: bytes | str | Path | None = None,
+        vector: Sequence[float] | None = None,
+        id: str | None = None,
+        top_k: int = 10,
+        collection: str = "",
+        filters: Mapping[str, str] | None = None,
+        prefilter: str = "off",
+        prefilter_class: str = "",
+        exclude_query_id: bool = False,
+    ) -> Any:
+        """One of image (bytes or a file path), vector or id; returns the SearchResponse message."""
+        request = retrieval_pb2.SearchRequest(
+            top_k=top_k, collection=collection, filters=dict(filters or {}),
+            prefilter=PREFILTERS[prefilter], prefilter_class=prefilter_class, exclude_query_id=exclude_query_id,
+        )
+        if image is not None:
+            request.image = image if isinstance(image, bytes) else Path(image).read_bytes()
+        elif vector is not None:
+            request.vector.values.extend(float(v) for v in vector)
+        elif id is not None:
+            request.id = id
+        return self.stub.Search(request, timeout=self.timeout)
+
+    def describe(self, collection: str = "") -> Any:
+        return self.stub.DescribeCollection(
+            retrieval_pb2.DescribeCollectionRequest(collection=collection), timeout=self.timeout
+        )
+
+    def health(self, service: str = "") -> str:
+        reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -1,0 +1,130 @@
+"""gRPC RetrievalService: proto ↔ RetrievalEngine, every failure mapped to a status code with a clear message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from services.embedding import ModelIdentity
+from services.query import metrics
+from services.query.engine import Prefilter, QueryRejected, Rejection, RetrievalEngine, SearchQuery
+from services.query.proto import retrieval_pb2, retrieval_pb2_grpc
+from services.store.schema import LABEL, SOURCE
+
+log = logging.getLogger(__name__)
+
+STATUS_OF = {
+    Rejection.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Rejection.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Rejection.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Rejection.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+}
+PREFILTER_OF = {
+    retrieval_pb2.PREFILTER_MODE_UNSPECIFIED: Prefilter.OFF,
+    retrieval_pb2.PREFILTER_MODE_OFF: Prefilter.OFF,
+    retrieval_pb2.PREFILTER_MODE_PREDICTED: Prefilter.PREDICTED,
+    retrieval_pb2.PREFILTER_MODE_EXPLICIT: Prefilter.EXPLICIT,
+}
+
+Reply = TypeVar("Reply")
+
+
+class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
+    def __init__(self, engine: RetrievalEngine) -> None:
+        self.engine = engine
+
+    def _handle(self, method: str, context: grpc.ServicerContext, work: Callable[[], Reply]) -> Reply:
+        """Run `work`; a rejection or any unexpected error becomes a status, never a stack trace to the client."""
+        started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+        code = grpc.StatusCode.OK
+        try:
+            return work()
+        except QueryRejected as rejected:
+            code = STATUS_OF[rejected.kind]
+            context.abort(code, rejected.message)
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error", extra={"method": method})
+            context.abort(code, "internal error (logged on the server)")
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.REQUESTS.labels(method, code.name).inc()
+            log.info("rpc", extra={"method": method, "code": code.name,
+                                   "ms": round((time.perf_counter() - started) * 1000, 3)})
+        raise AssertionError("unreachable: context.abort raises")
+
+    def Search(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC naming)
+        return self._handle("Search", context, lambda: self._search(request))
+
+    def DescribeCollection(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._handle("DescribeCollection", context, lambda: self._describe(request))
+
+    def _search(self, request: Any) -> Any:
+        kind = request.WhichOneof("query")
+        query = SearchQuery(
+            image=request.image if kind == "image" else None,
+            vector=np.asarray(request.vector.values, dtype=np.float32) if kind == "vector" else None,
+            id=request.id if kind == "id" else None,
+            top_k=int(request.top_k),
+            collection=request.collection,
+            filters=dict(request.filters),
+            prefilter=PREFILTER_OF.get(request.prefilter, Prefilter.OFF),
+            prefilter_class=request.prefilter_class,
+            exclude_query_id=request.exclude_query_id,
+        )
+        if kind is None:
+            raise QueryRejected(Rejection.INVALID, "give exactly one of: image bytes, vector, or id")
+        result = self.engine.search(query)
+        for stage, ms in result.timings_ms.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(ms / 1000.0)
+        timings = result.timings_ms
+        return retrieval_pb2.SearchResponse(
+            hits=[
+                retrieval_pb2.Hit(
+                    id=hit.id,
+                    score=hit.score,
+                    distance=hit.distance,
+                    label=hit.fields.get(LABEL, ""),
+                    source=hit.fields.get(SOURCE, ""),
+                    metadata={k: v for k, v in hit.fields.items() if k not in (LABEL, SOURCE) and v},
+                    rank=rank,
+                )
+                for rank, hit in enumerate(result.hits, start=1)
+            ],
+            collection=result.collection,
+            model_id=result.model_id,
+            timings=retrieval_pb2.StageTimings(
+                decode_ms=timings["decode"], embed_ms=timings["embed"], search_ms=timings["search"],
+                rerank_ms=timings["rerank"], total_ms=timings["total"],
+            ),
+            predicted_class=result.predicted_class,
+            predicted_probability=result.predicted_probability,
+            prefilter_applied=result.prefilter_applied,
+        )
+
+    def _describe(self, request: Any) -> Any:
+        info = self.engine.describe(request.collection)
+        identity = ModelIdentity.from_json(info.model_identity_json)
+        return retrieval_pb2.CollectionInfo(
+            name=info.name,
+            model=retrieval_pb2.ModelIdentity(
+                model_id=identity.model_id,
+                architecture=identity.architecture,
+                weights_sha256=identity.weights_sha256,
+                dim=identity.dim,
+                preprocessing_json=json.dumps(identity.preprocessing, sort_keys=True),
+            ),
+            dim=info.dim,
+            metric=info.metric,
+            index_type=info.index_type,
+            index_params_json=json.dumps(info.index_params, sort_keys=True),
+            row_count=info.row_count,
+            filter_fields=list(info.filter_fields),
+        )

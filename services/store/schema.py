@@ -1,0 +1,67 @@
+"""The collection schema: field names, lengths and the filterable fields, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pymilvus import CollectionSchema, DataType, MilvusClient
+
+ID = "id"
+EMBEDDING = "embedding"
+LABEL = "label"
+PREDICTED_LABEL = "predicted_label"
+MODALITY = "modality"
+BODY_PART = "body_part"
+VIEW = "view"
+SOURCE = "source"
+DATASET = "dataset"
+MODEL_ID = "model_id"
+
+# VARCHAR fields and their max lengths; values longer than this are truncated at write time.
+SCALAR_FIELDS: dict[str, int] = {
+    LABEL: 256,
+    PREDICTED_LABEL: 256,
+    MODALITY: 64,
+    BODY_PART: 128,
+    VIEW: 64,
+    SOURCE: 2048,
+    DATASET: 256,
+    MODEL_ID: 64,
+}
+ID_MAX_LENGTH = 64
+
+# Fields a search may filter on by equality. Anything else is rejected, never passed to Milvus.
+FILTER_FIELDS: tuple[str, ...] = (LABEL, PREDICTED_LABEL, MODALITY, BODY_PART, VIEW, DATASET, SOURCE)
+# Fields returned with every hit.
+OUTPUT_FIELDS: tuple[str, ...] = tuple(SCALAR_FIELDS)
+
+# Collection properties written beside the data.
+PROPERTY_MODEL_IDENTITY = "cbmir.model_identity"
+PROPERTY_SCHEMA_VERSION = "cbmir.schema_version"
+SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored image: the unit ingestion writes and search returns."""
+
+    id: str
+    embedding: list[float]
+    label: str = ""
+    predicted_label: str = ""
+    modality: str = ""
+    body_part: str = ""
+    view: str = ""
+    source: str = ""
+    dataset: str = ""
+    model_id: str = ""
+
+
+def build_schema(dim: int) -> CollectionSchema:
+    """Schema with `label` as the partition key, so a class prefilter touches only that class's partition."""
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(ID, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
+    schema.add_field(EMBEDDING, DataType.FLOAT_VECTOR, dim=dim)
+    for name, max_length in SCALAR_FIELDS.items():
+        schema.add_field(name, DataType.VARCHAR, max_length=max_length, is_partition_key=(name == LABEL))
+    return schema

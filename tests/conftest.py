@@ -1,0 +1,60 @@
+"""Shared fixtures: real sample archives, a real local Ray, a Milvus Lite file per test."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ingestion.samples import BREASTMNIST_SUBSET, build_dicom_archive
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One real local Ray for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def breastmnist_png_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped BreastMNIST subset as a PNG directory with a labels.csv (image, label, split)."""
+    root = tmp_path_factory.mktemp("breastmnist")
+    data = np.load(BREASTMNIST_SUBSET)
+    rows = []
+    for split in ("train", "test"):
+        for i, (pixels, label) in enumerate(zip(data[f"{split}_images"], data[f"{split}_labels"], strict=True)):
+            name = f"images/{split}_{i:03d}.png"
+            (root / "images").mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(root / name)
+            rows.append({"image": name, "label": ["malignant", "normal_benign"][int(label)], "split": split})
+    with open(root / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dicom_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real DICOM files of several modalities from pydicom / pydicom-data, with labels.csv (label = modality)."""
+    return build_dicom_archive(tmp_path_factory.mktemp("dicom"))
+
+
+@pytest.fixture
+def milvus_uri(tmp_path: Path) -> str:
+    return str(tmp_path / "cbmir.db")
