@@ -1,0 +1,136 @@
+"""MilvusStore against a real Milvus Lite file: upsert idempotence, filters, model identity, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from services.store import (
+    CollectionNotFoundError,
+    InvalidFilterError,
+    MilvusStore,
+    ModelMismatchError,
+    StoreUnavailableError,
+    build_filter_expression,
+    choose_index,
+)
+
+DIM = 16
+IDENTITY = json.dumps({"architecture": "test", "weights_sha256": "abc", "dim": DIM, "preprocessing": {}})
+
+
+def _rows(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"id": f"img{i:04d}", "embedding": rng.standard_normal(DIM).astype(np.float32).tolist(),
+         "label": ["glioma", "meningioma", "no_tumor"][i % 3], "modality": "MR" if i % 2 else "CT",
+         "source": f"images/{i}.png", "dataset": "unit"}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def store(milvus_uri: str):
+    store = MilvusStore(milvus_uri)
+    store.ensure_collection("images", IDENTITY, DIM, choose_index("HNSW", "COSINE"))
+    yield store
+    store.close()
+
+
+def _full(rows: list[dict]) -> list[dict]:
+    fields = ("label", "predicted_label", "modality", "body_part", "view", "source", "dataset", "model_id")
+    return [{**{f: "" for f in fields}, **row} for row in rows]
+
+
+def test_upserting_the_same_rows_twice_keeps_one_row_each(store: MilvusStore) -> None:
+    rows = _full(_rows(30))
+    store.upsert("images", rows)
+    store.upsert("images", rows)
+    assert store.count("images") == 30
+    assert store.existing_ids("images", ["img0001", "missing"]) == {"img0001"}
+    assert sorted(store.iter_ids("images")) == sorted(r["id"] for r in rows)
+
+
+def test_search_returns_the_vector_itself_first_then_decreasing_scores(store: MilvusStore) -> None:
+    rows = _full(_rows(60))
+    store.upsert("images", rows)
+    hits = store.search("images", np.array([rows[7]["embedding"]]), top_k=10)[0]
+    assert hits[0].id == "img0007"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert hits[0].fields["label"] == rows[7]["label"]
+
+
+def test_filters_restrict_hits_to_matching_rows(store: MilvusStore) -> None:
+    rows = _full(_rows(60))
+    store.upsert("images", rows)
+    hits = store.search("images", np.array([rows[0]["embedding"]]), 10, {"label": "no_tumor", "modality": "MR"})[0]
+    assert hits and all(h.fields["label"] == "no_tumor" and h.fields["modality"] == "MR" for h in hits)
+
+
+def test_exclude_ids_leaves_the_query_image_out(store: MilvusStore) -> None:
+    rows = _full(_rows(20))
+    store.upsert("images", rows)
+    hits = store.search("images", np.array([rows[3]["embedding"]]), 5, exclude_ids=["img0003"])[0]
+    assert "img0003" not in [h.id for h in hits]
+
+
+@pytest.mark.parametrize("filters", [
+    {"patient_name": "x"},                  # not a filterable field
+    {"label": 'a" or label != "'},          # quote injection
+    {"label": "a\\"},                        # escape injection
+    {"label": "x\n or 1==1"},               # control characters
+])
+def test_unsafe_or_unknown_filters_are_refused(filters: dict[str, str]) -> None:
+    with pytest.raises(InvalidFilterError):
+        build_filter_expression(filters)
+
+
+def test_injection_text_inside_an_allowed_value_is_matched_literally(store: MilvusStore) -> None:
+    rows = _full(_rows(10))
+    store.upsert("images", rows)
+    hits = store.search("images", np.array([rows[0]["embedding"]]), 5, {"label": "glioma or 1==1"})[0]
+    assert hits == []
+
+
+def test_a_collection_of_another_model_is_refused(store: MilvusStore) -> None:
+    other = json.dumps({"architecture": "other", "weights_sha256": "def", "dim": DIM, "preprocessing": {}})
+    with pytest.raises(ModelMismatchError, match="holds vectors of model test"):
+        store.ensure_collection("images", other, DIM)
+
+
+def test_unknown_collection_is_not_found(store: MilvusStore) -> None:
+    with pytest.raises(CollectionNotFoundError, match="nope"):
+        store.describe("nope")
+
+
+def test_describe_reports_dim_metric_index_and_rows(store: MilvusStore) -> None:
+    store.upsert("images", _full(_rows(12)))
+    info = store.describe("images")
+    assert (info.dim, info.metric, info.index_type, info.row_count) == (DIM, "COSINE", "HNSW", 12)
+    assert json.loads(info.model_identity_json)["architecture"] == "test"
+
+
+@pytest.mark.parametrize("index_type", ["IVF_FLAT", "IVF_SQ8", "FLAT"])
+def test_other_index_types_search_correctly(milvus_uri: str, index_type: str) -> None:
+    store = MilvusStore(milvus_uri)
+    store.ensure_collection("c", IDENTITY, DIM, choose_index(index_type, "L2", expected_rows=200))
+    rows = _full(_rows(200))
+    store.upsert("c", rows)
+    hits = store.search("c", np.array([rows[42]["embedding"]]), 3)[0]
+    assert hits[0].id == "img0042"
+    assert hits[0].distance == pytest.approx(0.0, abs=1e-3)  # L2: the vector itself is at distance 0
+    store.close()
+
+
+def test_a_dead_server_uri_is_reported_unavailable() -> None:
+    with pytest.raises(StoreUnavailableError, match="127.0.0.1:1"):
+        MilvusStore("http://127.0.0.1:1", timeout=2).list_collections()
+
+
+def test_a_lite_path_without_db_suffix_is_refused_with_the_fix(tmp_path) -> None:
+    with pytest.raises(StoreUnavailableError, match="must end in .db"):
+        MilvusStore(str(tmp_path / "store"))
