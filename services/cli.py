@@ -48,7 +48,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         help="allow a randomly initialised backbone (seeded; for tests and plumbing only)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default %(default)s)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="auto = bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32 (default auto)")
+                        help="auto = bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32; serve: the precision "
+                             "the collection was written with. Part of the model identity (default auto)")
 
 
 def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -56,20 +57,25 @@ def _add_logging_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
 
 
-def _load_model(args: argparse.Namespace) -> Any:
-    from services.embedding import EmbeddingModel
+def _load_model(args: argparse.Namespace, store: Any = None, collection: str = "") -> Any:
+    """The model of the flags; with --precision auto, the precision the collection was written with."""
+    from services.embedding import EmbeddingModel, ModelIdentity
 
+    precision = args.precision
+    if precision == "auto" and store is not None and store.has_collection(collection):
+        stored = store.model_identity_json(collection)
+        if stored:
+            precision = ModelIdentity.from_json(stored).precision
     return EmbeddingModel.load(args.backbone, weights=args.weights, random_init=args.random_init,
-                               device=args.device, precision=args.precision)
+                               device=args.device, precision=precision)
 
 
 # -- subcommands -------------------------------------------------------------------------------------------
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ingestion.runner import run_ingestion
-
     from ingestion.config import IngestConfig
+    from ingestion.runner import run_ingestion
 
     config = IngestConfig(
         source=args.source, milvus_uri=args.milvus_uri, collection=args.collection, backbone=args.backbone,
@@ -91,8 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.query.server import serve_forever, start_server
     from services.store import MilvusStore
 
-    model = _load_model(args)
     store = MilvusStore(args.milvus_uri, token=args.milvus_token)
+    model = _load_model(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
                              max_image_bytes=args.max_image_mb * 1024 * 1024)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
@@ -171,9 +177,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end on the embedded default: archive → Ray → Milvus Lite → gRPC → top-k."""
-    from ingestion.runner import run_ingestion
-
     from ingestion.config import IngestConfig
+    from ingestion.runner import run_ingestion
     from ingestion.samples import build_dicom_archive
     from services.query.client import RetrievalClient
     from services.query.engine import RetrievalEngine
@@ -198,8 +203,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(report.summary())
 
     query = Path(args.query) if args.query else _pick_query_image(source)
-    model = _load_model(args)
     store = MilvusStore(uri)
+    model = _load_model(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection)
     running = start_server(engine, host="127.0.0.1", port=0)
     print(f"[3/4] gRPC service up on 127.0.0.1:{running.port}")

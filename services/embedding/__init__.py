@@ -1,0 +1,30 @@
+"""Decoding, preprocessing, backbone registry and EmbeddingModel: the one image -> vector path for cbmir."""
+
+from services.embedding.backbones import BACKBONES, BackboneSpec
+from services.embedding.decode import (
+    MAX_IMAGE_PIXELS,
+    DecodedImage,
+    ImageDecodeError,
+    decode_array,
+    decode_image,
+    image_id,
+)
+from services.embedding.model import EmbeddingModel, ModelIdentity, WeightsError, list_backbones
+from services.embedding.preprocess import Preprocessing, to_batch_tensor
+
+__all__ = [
+    "BACKBONES",
+    "MAX_IMAGE_PIXELS",
+    "BackboneSpec",
+    "DecodedImage",
+    "EmbeddingModel",
+    "ImageDecodeError",
+    "ModelIdentity",
+    "Preprocessing",
+    "WeightsError",
+    "decode_array",
+    "decode_image",
+    "image_id",
+    "list_backbones",
+    "to_batch_tensor",
+]

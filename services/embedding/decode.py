@@ -1,0 +1,354 @@
+"""Bytes -> float pixels in [0, 1], a content key and non-PHI metadata; shared by ingestion and service."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MAX_IMAGE_PIXELS: int = 200_000_000
+"""Per-frame pixel limit, checked from the header before any pixel data is decoded.
+
+Pillow keeps its own process-wide guard (PIL.Image.MAX_IMAGE_PIXELS, error above twice that value, ~179 M
+pixels by default); we do not change that global, so the effective Pillow limit is the smaller of the two.
+"""
+
+_DICOM_MAGIC_OFFSET = 128
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+METADATA_KEYS: tuple[str, ...] = ("modality", "body_part", "view", "format", "photometric", "bits")
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image; the message says why."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Decoded pixels (float32 in [0, 1], HxW or HxWx3), the store identity of the image and non-PHI tags."""
+
+    pixels: np.ndarray
+    content_key: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def image_id(content_key: str) -> str:
+    """The store's primary key for an image: first 32 hex chars of sha256(content_key)."""
+    return hashlib.sha256(content_key.encode("utf-8")).hexdigest()[:32]
+
+
+def _metadata(**values: str) -> dict[str, str]:
+    md = dict.fromkeys(METADATA_KEYS, "")
+    md.update({k: v for k, v in values.items() if v})
+    return md
+
+
+def pixel_content_key(raw: np.ndarray) -> str:
+    """`pixels:<sha256>` over canonical (little-endian, C-order) integer pixels, their shape and dtype.
+
+    Shape and dtype are hashed too so an 8-bit and a 16-bit image with the same bytes never collide.
+    """
+    canon = np.ascontiguousarray(raw, dtype=raw.dtype.newbyteorder("<"))
+    h = hashlib.sha256()
+    h.update(f"{canon.dtype.str}|{'x'.join(map(str, canon.shape))}|".encode())
+    h.update(canon.tobytes())
+    return "pixels:" + h.hexdigest()
+
+
+def _finish(pixels: np.ndarray) -> np.ndarray:
+    out = np.ascontiguousarray(pixels, dtype=np.float32)
+    # Clip rounding noise from the float maths so consumers can rely on the [0, 1] contract.
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float64, copy=False)
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:  # constant image: all zeros rather than a division by zero
+        return np.zeros(arr.shape, dtype=np.float32)
+    return ((arr - lo) / (hi - lo)).astype(np.float32)
+
+
+def _scale_unsigned(arr: np.ndarray) -> np.ndarray:
+    """Unsigned integers to [0, 1] by the bit depth actually used (12-bit data in 16-bit words -> /4095)."""
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    peak = int(arr.max()) if arr.size else 0
+    bits = max(8, peak.bit_length())
+    return (arr.astype(np.float64) / float((1 << bits) - 1)).astype(np.float32)
+
+
+def _grey_to_unit(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind == "u" or (arr.dtype.kind == "i" and arr.size and int(arr.min()) >= 0):
+        return _scale_unsigned(arr.astype(np.uint32) if arr.dtype.kind == "i" else arr)
+    if arr.dtype.kind == "f" and arr.size and float(arr.min()) >= 0.0 and float(arr.max()) <= 1.0:
+        return arr.astype(np.float32)
+    return _minmax(arr)
+
+
+# ---------------------------------------------------------------------------------------------- arrays
+
+
+def decode_array(array: np.ndarray) -> DecodedImage:
+    """An in-memory image (npz datasets such as MedMNIST: uint8 HxW or HxWx3) -> DecodedImage."""
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]  # drop alpha: retrieval looks at the image content, not its transparency
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ImageDecodeError(f"array of shape {arr.shape} is not an image (expected HxW or HxWx3)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageDecodeError(f"empty image of shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype.kind not in "uif":
+        raise ImageDecodeError(f"array of dtype {arr.dtype} is not an image")
+    if arr.ndim == 3:
+        if arr.dtype.kind == "u":
+            pixels = _scale_unsigned(arr)
+        elif arr.dtype.kind == "f" and float(arr.min()) >= 0 and float(arr.max()) <= 1:
+            pixels = arr.astype(np.float32)
+        else:
+            pixels = _minmax(arr)
+    else:
+        pixels = _grey_to_unit(arr)
+    bits = str(arr.dtype.itemsize * 8)
+    return DecodedImage(
+        pixels=_finish(pixels),
+        content_key=pixel_content_key(arr),
+        metadata=_metadata(format="array", photometric="RGB" if arr.ndim == 3 else "MONOCHROME2", bits=bits),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedImage:
+    """Decode DICOM, PNG, JPEG, PGM/PPM, TIFF or BMP bytes; any failure becomes ImageDecodeError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ImageDecodeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise ImageDecodeError("empty input (0 bytes)")
+    if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        return _decode_dicom(data, max_pixels, force=False)
+    try:
+        return _decode_pillow(data, max_pixels)
+    except _NotPillowFormat:
+        pass
+    # No preamble/meta: older DICOM files start straight with the dataset. Only accept the forced parse when
+    # it yields a real image dataset, because `force=True` "parses" almost any bytes into garbage elements.
+    return _decode_dicom(data, max_pixels, force=True)
+
+
+# ---------------------------------------------------------------------------------------------- Pillow
+
+
+class _NotPillowFormat(Exception):
+    pass
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image has an invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"image too large: {width}x{height} pixels exceeds limit {max_pixels} "
+                               "(decompression bomb guard)")
+
+
+def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns between its limit and twice it; our own max_pixels check is the one that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise _NotPillowFormat from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc} (decompression bomb guard)") from exc
+    except Exception as exc:  # a malformed header in a recognised format
+        raise ImageDecodeError(f"corrupt image header: {exc}") from exc
+
+    fmt = (im.format or "unknown").lower()
+    try:
+        with im:
+            # Header-only so far: refuse huge images before load() allocates and inflates the pixel data.
+            _check_size(im.size[0], im.size[1], max_pixels)
+            im.seek(0)  # multi-page TIFF: the first page
+            im.load()
+            pixels, raw, photometric, bits = _pillow_to_arrays(im)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc} (decompression bomb guard)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow signals truncation/corruption with OSError("image file is truncated"), SyntaxError("broken
+        # PNG file"), ValueError or EOFError depending on the plugin.
+        raise ImageDecodeError(f"truncated or corrupt {fmt.upper()} file: {exc}") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"cannot decode {fmt.upper()} image: {type(exc).__name__}: {exc}") from exc
+
+    return DecodedImage(
+        pixels=_finish(pixels),
+        content_key=pixel_content_key(raw),
+        metadata=_metadata(format=fmt, photometric=photometric, bits=bits),
+    )
+
+
+def _pillow_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """-> (float pixels, canonical integer pixels for the content key, photometric, bits)."""
+    mode = im.mode
+    if mode in ("1", "L", "LA", "La"):
+        raw = np.asarray(im.convert("L"), dtype=np.uint8)
+        return raw.astype(np.float32) / 255.0, raw, "MONOCHROME2", "8"
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(im.convert("I") if mode != "I" else im, dtype=np.int64)
+        if arr.min() >= 0 and arr.max() <= 0xFFFF:
+            raw16 = arr.astype(np.uint16)
+            return _scale_unsigned(raw16), raw16, "MONOCHROME2", "16"
+        raw32 = arr.astype(np.int32)
+        return _minmax(raw32), raw32, "MONOCHROME2", "32"
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float32)
+        return _grey_to_unit(arr), arr, "MONOCHROME2", "32"
+    # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV, RGBX...: everything colour becomes 8-bit RGB.
+    raw = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return raw.astype(np.float32) / 255.0, raw, "RGB", "8"
+
+
+# ---------------------------------------------------------------------------------------------- DICOM
+
+
+def _dicom_str(ds: Any, keyword: str) -> str:
+    value = getattr(ds, keyword, None)
+    if value is None:
+        return ""
+    try:
+        return str(value).strip()
+    except Exception:  # a malformed element should not sink an otherwise good image
+        return ""
+
+
+def _decode_dicom(data: bytes, max_pixels: int, *, force: bool) -> DecodedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    not_image = "not an image (unrecognised format)"
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=force)
+    except InvalidDicomError as exc:
+        raise ImageDecodeError(not_image if force else f"invalid DICOM: {exc}") from exc
+    except Exception as exc:
+        raise ImageDecodeError(not_image if force else f"corrupt DICOM: {type(exc).__name__}: {exc}") from exc
+
+    try:
+        has_pixels = any(tag in ds for tag in _PIXEL_TAGS)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except Exception as exc:
+        raise ImageDecodeError(not_image if force else f"corrupt DICOM: {exc}") from exc
+    if force and (not has_pixels or rows <= 0 or cols <= 0):
+        raise ImageDecodeError(not_image)
+    if not has_pixels:
+        raise ImageDecodeError("DICOM has no pixel data")
+    if rows <= 0 or cols <= 0:
+        raise ImageDecodeError("DICOM has pixel data but no Rows/Columns")
+    _check_size(cols, rows, max_pixels)
+
+    _ensure_transfer_syntax(ds)
+    try:
+        pixels, raw, photometric = _dicom_pixels(ds)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        syntax = ""
+        with contextlib.suppress(Exception):
+            syntax = f" ({ds.file_meta.TransferSyntaxUID.name})"
+        raise ImageDecodeError(
+            f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}") from exc
+
+    sop_uid = _dicom_str(ds, "SOPInstanceUID")
+    content_key = f"dicom:{sop_uid}" if sop_uid else pixel_content_key(raw)
+    return DecodedImage(
+        pixels=_finish(pixels),
+        content_key=content_key,
+        # Only acquisition descriptors: never names, ids, dates, accession numbers or institutions.
+        metadata=_metadata(
+            modality=_dicom_str(ds, "Modality"),
+            body_part=_dicom_str(ds, "BodyPartExamined"),
+            view=_dicom_str(ds, "ViewPosition"),
+            format="dicom",
+            photometric=photometric,
+            bits=_dicom_str(ds, "BitsStored"),
+        ),
+    )
+
+
+def _ensure_transfer_syntax(ds: Any) -> None:
+    """Fill in a missing (0002,0010) Transfer Syntax UID from how the dataset was actually encoded.
+
+    Some files (e.g. OT-PAL-8-face.dcm) have a meta header without it; pydicom then refuses to decode the
+    pixels although the dataset encoding it read them with is known and native (uncompressed).
+    """
+    import pydicom.uid as uid
+    from pydicom.dataset import FileMetaDataset
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None or little is None:
+        return
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if implicit:
+        meta.TransferSyntaxUID = uid.ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+
+
+def _dicom_pixels(ds: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """-> (float pixels in [0, 1], raw stored pixels of the chosen frame, photometric interpretation)."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+
+    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    index = n_frames // 2 if n_frames > 1 else None  # a volume's middle slice is its most representative one
+    # YBR_FULL/YBR_FULL_422 become RGB in pixel_array; JPEG-compressed YBR is converted by the decoder.
+    raw = pixel_array(ds, index=index)
+    photometric = _dicom_str(ds, "PhotometricInterpretation").upper()
+    if raw.ndim == 3 and raw.shape[-1] not in (3, 4) and n_frames == 1:
+        raise ImageDecodeError(f"unexpected DICOM pixel array shape {raw.shape}")
+
+    if photometric == "PALETTE COLOR":
+        # Scale by the bits the palette output actually uses: some files declare 16-bit LUT entries but hold
+        # 8-bit values (OBXXXX1A_expb.dcm in pydicom-data), which a /65535 would render black.
+        return _scale_unsigned(np.asarray(apply_color_lut(raw, ds)).astype(np.uint16)), raw, "RGB"
+    if raw.ndim == 3:  # colour: RGB (or YBR already converted to RGB)
+        rgb = raw[..., :3]
+        if rgb.dtype.kind == "f":
+            return _minmax(rgb), raw, "RGB"
+        bits = int(getattr(ds, "BitsStored", rgb.dtype.itemsize * 8) or rgb.dtype.itemsize * 8)
+        scaled = rgb.astype(np.float64) / float((1 << bits) - 1)
+        return scaled.astype(np.float32), raw, "RGB"
+
+    # Greyscale: stored values -> physical units (Modality LUT, e.g. Hounsfield) -> display (VOI LUT /
+    # window), then stretched to [0, 1]. MONOCHROME1 displays low values bright, so it is inverted to match
+    # the MONOCHROME2 convention every other image follows.
+    grey = apply_modality_lut(raw, ds)
+    grey = apply_voi_lut(grey, ds, index=0)
+    unit = _minmax(np.asarray(grey))
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+        photometric_out = "MONOCHROME1"
+    else:
+        photometric_out = photometric or "MONOCHROME2"
+    return unit, raw, photometric_out

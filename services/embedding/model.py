@@ -1,0 +1,273 @@
+"""EmbeddingModel: a backbone with its weights, identity and precision; decoded pixels -> vectors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.embedding.backbones import (
+    BACKBONES,
+    BackboneSpec,
+    build_timm_efficientnet_lite0,
+    bundled_efficientnet_lite0_path,
+    bundled_efficientnet_lite0_state_dict,
+    is_lukemelas_efficientnet_state_dict,
+    rename_lukemelas_to_timm,
+    sha256_of_file,
+)
+from services.embedding.preprocess import Preprocessing, to_batch_tensor
+
+log = logging.getLogger(__name__)
+
+RANDOM_INIT_DIGEST = "random-init-seed0"
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_BATCH_SIZE = 64
+
+
+class WeightsError(ValueError):
+    """Weights are missing, unreadable or do not fit the backbone; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What makes two models produce comparable vectors; stored beside every collection."""
+
+    architecture: str
+    weights_sha256: str
+    dim: int
+    preprocessing: dict[str, Any]
+    # bf16/fp16 autocast moves vectors measurably (efficientnet_lite0: cosine to fp32 down to 0.988), so the
+    # precision is part of what must match between the vectors stored and the vectors a query is embedded with.
+    precision: str = "fp32"
+
+    def _canonical(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def model_id(self) -> str:
+        """First 16 hex chars of sha256 over the canonical JSON of the fields."""
+        return hashlib.sha256(self._canonical().encode("utf-8")).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return self._canonical()
+
+    @classmethod
+    def from_json(cls, s: str) -> ModelIdentity:
+        d = json.loads(s)
+        return cls(architecture=str(d["architecture"]), weights_sha256=str(d["weights_sha256"]),
+                   dim=int(d["dim"]), preprocessing=dict(d["preprocessing"]),
+                   precision=str(d.get("precision", "fp32")))
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}") from None
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+def _unwrap_checkpoint(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or the usual {"state_dict": ...} / {"model": ...} training checkpoints."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {path} holds no state dict of tensors (expected a "
+                           "torchvision-style state_dict, or a dict with key 'state_dict' or 'model')")
+    sd = {str(k): v for k, v in obj.items()}
+    # DataParallel / DDP checkpoints prefix every key with "module.".
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {path} (pass --weights PATH to an existing file, or use "
+                           "--backbone efficientnet_lite0, which ships ImageNet weights)")
+    try:
+        # weights_only: a weights file is data, never code to unpickle and run.
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types on junk (UnpicklingError, IndexError, ...)
+        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc} (expected a "
+                           "PyTorch state_dict saved with torch.save)") from exc
+    return _unwrap_checkpoint(obj, path)
+
+
+def _load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], spec: BackboneSpec) -> None:
+    feature_sd = OrderedDict((k, v) for k, v in state_dict.items()
+                             if not k.startswith(spec.classifier_prefixes))
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in feature_sd]
+    unexpected = [k for k in feature_sd if k not in expected]
+    mismatched = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in feature_sd.items()
+                  if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or mismatched:
+        def show(keys: list[str]) -> str:
+            if not keys:
+                return "none"
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+        raise WeightsError(f"weights do not fit {spec.name}: missing keys {show(missing)}; unexpected keys "
+                           f"{show(unexpected)}; shape mismatches {show(mismatched)} (are they for another "
+                           f"architecture? registered backbones: {', '.join(list_backbones())})")
+    module.load_state_dict(feature_sd, strict=True)
+
+
+def build_backbone(spec: BackboneSpec, weights: str | None, random_init: bool) -> tuple[nn.Module, str]:
+    """-> (module with weights loaded, weights digest for the identity)."""
+    if weights is not None and random_init:
+        raise WeightsError("pass either weights=PATH or random_init=True, not both")
+    # Seed inside a forked RNG so every process (ingestion actors, the service) builds the same random model
+    # and the caller's global RNG state is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        module = spec.build()
+    if random_init:
+        return module, RANDOM_INIT_DIGEST
+    if weights is not None:
+        sd = _read_weights_file(weights)
+        if spec.name == "efficientnet_lite0" and is_lukemelas_efficientnet_state_dict(sd):
+            # Same layout as the bundled file (efficientnet_pytorch keys): rename onto timm's keys.
+            template = build_timm_efficientnet_lite0(num_classes=1000).state_dict()
+            try:
+                sd = dict(rename_lukemelas_to_timm(sd, template))
+            except ValueError as exc:
+                raise WeightsError(f"weights do not fit efficientnet_lite0: {exc}") from exc
+        _load_into(module, sd, spec)
+        return module, sha256_of_file(weights)
+    if spec.bundled_weights is None:
+        raise WeightsError(f"no offline weights for {spec.name}: pass --weights PATH (a torchvision "
+                           f"state_dict) or --random-init, or use --backbone efficientnet_lite0")
+    _load_into(module, bundled_efficientnet_lite0_state_dict(), spec)
+    return module, sha256_of_file(bundled_efficientnet_lite0_path())
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    dev = torch.device(device).type
+    if precision == "auto":
+        if dev == "cuda":
+            return "fp16"
+        return "bf16" if dev == "cpu" and cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and dev == "cpu":
+        raise ValueError("precision fp16 is for CUDA; on CPU use bf16 or fp32")
+    return precision
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class EmbeddingModel:
+    """One backbone ready to embed: eval mode, fixed preprocessing, identity for the store."""
+
+    identity: ModelIdentity
+    dim: int
+    preprocessing: Preprocessing
+    device: str
+    precision: str
+
+    def __init__(self, module: nn.Module, spec: BackboneSpec, weights_sha256: str, device: str,
+                 precision: str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        self.spec = spec
+        self.dim = spec.dim
+        self.preprocessing = Preprocessing(input_size=spec.input_size, mean=spec.mean, std=spec.std)
+        self.identity = ModelIdentity(architecture=spec.name, weights_sha256=weights_sha256, dim=spec.dim,
+                                      preprocessing=self.preprocessing.to_dict(), precision=precision)
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self._torch_device = torch.device(device)
+        module = module.eval().to(self._torch_device)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        if self._torch_device.type == "cpu":
+            # oneDNN convolutions run fastest on NHWC; converting once here avoids reorders on every batch.
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+
+    @classmethod
+    def load(cls, backbone: str = "efficientnet_lite0", weights: str | None = None, random_init: bool = False,
+             device: str = "cpu", precision: str = "auto", num_threads: int | None = None) -> EmbeddingModel:
+        spec = get_backbone(backbone)
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        resolved = resolve_precision(precision, device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+        module, digest = build_backbone(spec, weights, random_init)
+        model = cls(module, spec, digest, device, resolved)
+        log.info("loaded %s weights=%s precision=%s device=%s model_id=%s", spec.name, digest[:12], resolved,
+                 device, model.identity.model_id)
+        return model
+
+    @property
+    def model_id(self) -> str:
+        return self.identity.model_id
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self._torch_device.type, dtype=torch.bfloat16)
+        if self.precision == "fp16":
+            return torch.autocast(device_type=self._torch_device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _chunks(self, images: Sequence[np.ndarray]) -> Iterator[Sequence[np.ndarray]]:
+        for start in range(0, len(images), self.batch_size):
+            yield images[start:start + self.batch_size]
+
+    def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """Already preprocessed N x 3 x S x S batch -> N x dim float32 tensor on the CPU."""
+        x = batch.to(self._torch_device, non_blocking=True)
+        if self._torch_device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            out = self.module(x)
+        return out.float().cpu()
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Decoded images (float HxW / HxWx3 in [0, 1]) -> (N, dim) float32, not normalised."""
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [self.embed_tensor(to_batch_tensor(chunk, self.preprocessing)).numpy()
+                 for chunk in self._chunks(images)]
+        out = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
+        if out.shape[1] != self.dim:
+            raise RuntimeError(
+                f"{self.spec.name} produced {out.shape[1]}-d features, registry says {self.dim}")
+        return out
