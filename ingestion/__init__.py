@@ -1,0 +1,17 @@
+"""Offline ingestion: list a source, read+decode, embed on Ray actors, upsert into Milvus, report."""
+
+import services  # noqa: F401  (first: it quietens gRPC's fork logging before grpc is imported)
+from ingestion.config import IngestConfig
+from ingestion.report import IngestReport
+from ingestion.sources import SourceError, SourceItem, list_source
+
+__all__ = ["IngestConfig", "IngestReport", "SourceError", "SourceItem", "list_source", "run_ingestion"]
+
+
+def __getattr__(name: str) -> object:
+    # run_ingestion pulls in Ray and torch; importing the config or the sources alone should stay light.
+    if name == "run_ingestion":
+        from ingestion.runner import run_ingestion
+
+        return run_ingestion
+    raise AttributeError(name)

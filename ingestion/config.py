@@ -1,0 +1,47 @@
+"""IngestConfig: everything one ingestion run needs, as the CLI passes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.store import DEFAULT_COLLECTION, DEFAULT_URI
+
+
+@dataclass
+class IngestConfig:
+    """One ingestion run: where images come from, which model embeds them, where vectors go, how Ray runs."""
+
+    source: str  # a directory tree, a CSV manifest, or an .npz (MedMNIST layout)
+    milvus_uri: str = DEFAULT_URI
+    collection: str = DEFAULT_COLLECTION
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    random_init: bool = False
+    device: str = "cpu"  # "cpu" | "cuda"
+    gpus_per_actor: float = 1.0  # only with cuda; fractional shares one GPU between actors
+    precision: str = "auto"
+    actors: int = 1
+    batch_size: int = 32
+    ray_address: str | None = None  # None: local Ray; else a cluster address ("auto", "ray://host:10001", ...)
+    index_type: str = "HNSW"
+    metric: str = "COSINE"
+    dataset: str = ""  # default: name of the source directory / npz stem
+    manifest: str | None = None  # CSV; default: <dir>/labels.csv when present
+    image_column: str = "image"
+    label_column: str = "label"
+    split: str | None = None  # keep only manifest rows (or npz split) with this split; npz default: all splits
+    limit: int | None = None
+    report_path: str | None = "cbmir-ingest-report.json"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.actors < 1:
+            raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and self.gpus_per_actor <= 0:
+            raise ValueError(f"gpus_per_actor must be > 0 with --device cuda, got {self.gpus_per_actor}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0, got {self.limit}")

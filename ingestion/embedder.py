@@ -1,0 +1,92 @@
+"""Embedder: the model as a callable class; one instance per Ray actor, loaded once, embeds the rows to store."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from ingestion.reader import PIXELS, REASON, SHAPE, STATUS, STATUS_FAILED, STATUS_OK, unpack_pixels
+from services.embedding import EmbeddingModel
+from services.store import schema
+
+log = logging.getLogger(__name__)
+
+EMBED_SECONDS = "embed_seconds"  # the batch's embedding time, spread evenly over its rows
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What the collection records about the model the actors run."""
+
+    identity_json: str
+    model_id: str
+    dim: int
+
+
+def describe_model(backbone: str, weights: str | None, random_init: bool, device: str, precision: str,
+                   num_threads: int | None) -> ModelDescription:
+    """Load the model exactly as an actor does and say what it is.
+
+    The identity includes the precision "auto" resolves to, which depends on the device and CPU of the worker
+    (bf16 where the CPU has native kernels, fp16 on CUDA), so it must be computed where the actors run.
+    """
+    model = EmbeddingModel.load(backbone=backbone, weights=weights, random_init=random_init, device=device,
+                                precision=precision, num_threads=num_threads)
+    return ModelDescription(model.identity.to_json(), model.identity.model_id, model.dim)
+
+
+class Embedder:
+    """Turns decoded rows into vectors; present and failed rows pass through with a zero vector, never stored."""
+
+    def __init__(self, backbone: str, weights: str | None, random_init: bool, device: str, precision: str,
+                 num_threads: int | None) -> None:
+        started = time.perf_counter()
+        self.model = EmbeddingModel.load(backbone=backbone, weights=weights, random_init=random_init,
+                                         device=device, precision=precision, num_threads=num_threads)
+        self.dim = self.model.dim
+        self.model_id = self.model.identity.model_id
+        log.info("embedder ready in %.1f s (model %s)", time.perf_counter() - started, self.model_id)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        statuses = batch.column(STATUS).to_pylist()
+        reasons = batch.column(REASON).to_pylist()
+        todo = [i for i, s in enumerate(statuses) if s == STATUS_OK]
+        vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)
+        if todo:
+            pixels_col = batch.column(PIXELS)
+            shape_col = batch.column(SHAPE)
+            images = [unpack_pixels(pixels_col[i].as_py(), shape_col[i].as_py()) for i in todo]
+            embedded = self._embed(images, todo, statuses, reasons)
+            for i, vector in embedded.items():
+                vectors[i] = vector
+        elapsed = time.perf_counter() - started
+        # Pixels are dropped here: the driver only ever sees ids, labels and vectors.
+        out = batch.drop_columns([PIXELS, SHAPE])
+        out = out.set_column(out.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
+        out = out.set_column(out.schema.get_field_index(REASON), REASON, pa.array(reasons, pa.string()))
+        embeddings = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim)
+        out = out.append_column(schema.EMBEDDING, embeddings)
+        out = out.append_column(schema.MODEL_ID, pa.array([self.model_id] * batch.num_rows, pa.string()))
+        return out.append_column(EMBED_SECONDS, pa.array([elapsed / max(batch.num_rows, 1)] * batch.num_rows,
+                                                         pa.float64()))
+
+    def _embed(self, images: list[np.ndarray], rows: list[int], statuses: list[str],
+               reasons: list[str]) -> dict[int, np.ndarray]:
+        """Embed the batch at once; if that fails, one by one so a single bad image fails alone."""
+        try:
+            return dict(zip(rows, self.model.embed(images), strict=True))
+        except Exception:
+            log.warning("batch embedding failed, retrying image by image", exc_info=True)
+        result: dict[int, np.ndarray] = {}
+        for row, image in zip(rows, images, strict=True):
+            try:
+                result[row] = self.model.embed([image])[0]
+            except Exception as error:
+                statuses[row] = STATUS_FAILED
+                reasons[row] = f"cannot embed: {type(error).__name__}: {error}"
+        return result

@@ -1,0 +1,139 @@
+"""Pipeline: the one module that knows about Ray; starts it, plans the resources, streams embedded batches."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+import ray.exceptions
+
+from ingestion.config import IngestConfig
+from ingestion.embedder import Embedder, ModelDescription, describe_model
+from ingestion.reader import read_batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """What each stage reserves from Ray; reads need a share left free or the actors starve them forever."""
+
+    total_cpus: float
+    read_cpus: float  # per read+decode task
+    actor_cpus: float  # per embedding actor
+    actor_gpus: float
+    torch_threads: int
+
+
+def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: float) -> ResourcePlan:
+    """Split the CPUs between read tasks and `actors` embedding actors.
+
+    Actors hold their CPUs for the whole run. On 2 CPUs, a read task plus two actors at num_cpus=1 needs 3 CPUs
+    and deadlocks (the actors wait for batches no read task can run to make), so actors get what the reads
+    leave, fractionally. Reads keep a quarter of the CPUs, at least one (half of one on a single CPU).
+    """
+    read_budget = max(1.0, total_cpus / 4) if total_cpus >= 2 else total_cpus / 2
+    read_cpus = min(1.0, read_budget)
+    actor_cpus = max(0.01, (total_cpus - read_budget) / actors)
+    if device == "cuda":
+        actor_cpus = min(1.0, actor_cpus)  # a GPU actor only feeds the GPU
+    # Torch threads per actor: its share of the machine, as the brief's max(1, cpus // actors).
+    threads = max(1, int(total_cpus // actors))
+    return ResourcePlan(total_cpus=total_cpus, read_cpus=read_cpus, actor_cpus=round(actor_cpus, 4),
+                        actor_gpus=gpus_per_actor if device == "cuda" else 0.0, torch_threads=threads)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Use the Ray already running in this process, else start one (local, or attached to `address`)."""
+    started_here = False
+    if not ray.is_initialized():
+        if address is None:
+            # Worker logs stay in /tmp/ray/session_*/logs: the driver's output is the progress bar and summary.
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            # Ship this checkout's packages so cluster workers run the same reader and model code as the driver.
+            root = Path(__file__).resolve().parents[1]
+            ray.init(address=address, logging_level=logging.WARNING,
+                     runtime_env={"py_modules": [str(root / "ingestion"), str(root / "services")]})
+        started_here = True
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the runner draws one bar over images, not one per operator
+    context.print_on_execution_start = False
+    context.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # It warns that Ray Data's own bars are off, which is the point: the runner's bar counts images.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+
+
+def _model_options(config: IngestConfig, plan: ResourcePlan) -> dict[str, Any]:
+    return {"backbone": config.backbone, "weights": config.weights, "random_init": config.random_init,
+            "device": config.device, "precision": config.precision, "num_threads": plan.torch_threads}
+
+
+def probe_model(config: IngestConfig, plan: ResourcePlan) -> ModelDescription:
+    """The actors' model identity, from one task with an actor's resources (so on an actor's kind of node)."""
+    options: dict[str, Any] = {"num_cpus": plan.actor_cpus}
+    if plan.actor_gpus:
+        options["num_gpus"] = plan.actor_gpus
+    task = ray.remote(describe_model).options(**options)
+    try:
+        return ray.get(task.remote(**_model_options(config, plan)))
+    except ray.exceptions.RayTaskError as error:
+        # Surface WeightsError / ValueError with their own message (it says what to pass instead).
+        raise error.as_instanceof_cause() from None
+
+
+def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef]) -> pa.Table:
+    # The ref travels inside a list so Ray does not resolve it per call; ray.get of a numpy array is zero-copy.
+    return read_batch(batch, ray.get(existing_ids[0]))
+
+
+def embedded_batches(rows: list[dict[str, Any]], existing_ids: np.ndarray, config: IngestConfig,
+                     plan: ResourcePlan) -> Iterator[pa.Table]:
+    """Stream the embedded rows (no pixels) back to the driver, one Arrow table per batch, in no fixed order."""
+    if not rows:
+        return
+    ids_ref = ray.put(existing_ids)
+    num_blocks = max(1, math.ceil(len(rows) / config.batch_size))
+    dataset = ray.data.from_items(rows, override_num_blocks=num_blocks)
+    dataset = dataset.map_batches(
+        _read_task,
+        batch_format="pyarrow",
+        batch_size=config.batch_size,
+        fn_kwargs={"existing_ids": [ids_ref]},
+        num_cpus=plan.read_cpus,
+    )
+    embed_options: dict[str, Any] = {"num_cpus": plan.actor_cpus}
+    if plan.actor_gpus:
+        embed_options["num_gpus"] = plan.actor_gpus
+    dataset = dataset.map_batches(
+        Embedder,
+        fn_constructor_kwargs=_model_options(config, plan),
+        batch_format="pyarrow",
+        batch_size=config.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=config.actors),
+        **embed_options,
+    )
+    log.info("ray plan: %d blocks, read tasks %.2f CPU, %d actors x %.2f CPU / %.2f GPU, %d torch threads",
+             num_blocks, plan.read_cpus, config.actors, plan.actor_cpus, plan.actor_gpus, plan.torch_threads)
+    yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)

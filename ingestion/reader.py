@@ -1,0 +1,135 @@
+"""Reader: a batch of listed items → ids, statuses and decoded pixels; never raises, bad files become reasons."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ingestion.sources import SourceItem
+from services.embedding import ImageDecodeError, decode_array, decode_image, image_id
+from services.store import schema
+
+log = logging.getLogger(__name__)
+
+STATUS_OK = "ok"  # decoded, not in the collection yet: to embed and store
+STATUS_PRESENT = "present"  # its id is already in the collection: skipped without embedding
+STATUS_FAILED = "failed"  # unreadable or undecodable: reported with a reason
+
+# Columns of a listed item (what the driver hands to Ray; strings only, so blocks stay small and typed).
+NAME = "name"
+URI = "uri"
+ARRAY_INDEX = "array_index"  # -1 for files
+SPLIT = "split"
+META_FIELDS: tuple[str, ...] = (schema.LABEL, schema.MODALITY, schema.BODY_PART, schema.VIEW, schema.DATASET)
+# Columns the reader adds.
+STATUS = "status"
+REASON = "reason"
+PIXELS = "pixels"  # float32 bytes of the decoded image, C order
+SHAPE = "shape"
+DECODE_SECONDS = "decode_seconds"  # the batch's decode time, spread evenly over its rows
+
+READ_SCHEMA = pa.schema(
+    [(schema.ID, pa.string()), (NAME, pa.string()), *((f, pa.string()) for f in META_FIELDS),
+     (STATUS, pa.string()), (REASON, pa.string()), (PIXELS, pa.large_binary()), (SHAPE, pa.list_(pa.int32())),
+     (DECODE_SECONDS, pa.float64())]
+)
+# Decoded metadata keys copied when the listing did not name them (a manifest value wins over a DICOM header).
+DECODED_META: tuple[str, ...] = (schema.MODALITY, schema.BODY_PART, schema.VIEW)
+
+
+def item_row(item: SourceItem, dataset: str) -> dict[str, Any]:
+    """The flat row the driver ships to Ray for one SourceItem."""
+    row: dict[str, Any] = {URI: item.uri, NAME: item.name, SPLIT: item.split or "",
+                           ARRAY_INDEX: -1 if item.array_index is None else item.array_index,
+                           schema.LABEL: item.label}
+    for key in (schema.MODALITY, schema.BODY_PART, schema.VIEW):
+        row[key] = item.metadata.get(key, "")
+    row[schema.DATASET] = item.metadata.get(schema.DATASET) or dataset
+    return row
+
+
+def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None) -> pa.Table:
+    """Read and decode every item of `batch`; `existing_ids` is a sorted bytes array of ids already stored."""
+    started = time.perf_counter()
+    columns = batch.to_pydict()
+    out: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
+    for i in range(batch.num_rows):
+        item = {key: values[i] for key, values in columns.items()}
+        row = read_item(item, existing_ids)
+        for name in READ_SCHEMA.names:
+            if name != DECODE_SECONDS:
+                out[name].append(row.get(name))
+    elapsed = time.perf_counter() - started
+    out[DECODE_SECONDS] = [elapsed / max(batch.num_rows, 1)] * batch.num_rows
+    return pa.Table.from_pydict(out, schema=READ_SCHEMA)
+
+
+def read_item(item: dict[str, Any], existing_ids: np.ndarray | None) -> dict[str, Any]:
+    """One item → its output row; every failure is caught here and becomes a reason."""
+    row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
+                           schema.ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: []}
+    try:
+        if item[ARRAY_INDEX] >= 0:
+            decoded = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
+        else:
+            with open(item[URI], "rb") as handle:
+                data = handle.read()
+            decoded = decode_image(data)
+    except FileNotFoundError:
+        row[REASON] = "file not found"
+        return row
+    except OSError as error:
+        row[REASON] = f"cannot read file: {error.strerror or error}"
+        return row
+    except ImageDecodeError as error:
+        row[REASON] = str(error) or "cannot decode image"
+        return row
+    except Exception as error:  # a decoder bug on one odd file must not end a run of millions
+        log.warning("unexpected error decoding %s", item[NAME], exc_info=True)
+        row[REASON] = f"{type(error).__name__}: {error}"
+        return row
+    row[schema.ID] = image_id(decoded.content_key)
+    for key in DECODED_META:
+        if not row[key]:
+            row[key] = str(decoded.metadata.get(key) or "")
+    if existing_ids is not None and _contains(existing_ids, row[schema.ID]):
+        row[STATUS] = STATUS_PRESENT
+        return row
+    pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
+    row[STATUS] = STATUS_OK
+    row[PIXELS] = pixels.tobytes()
+    row[SHAPE] = list(pixels.shape)
+    return row
+
+
+def unpack_pixels(data: bytes, shape: list[int]) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.float32).reshape(shape)
+
+
+def sorted_id_array(ids: list[str] | set[str]) -> np.ndarray:
+    """Ids as a sorted fixed-width bytes array: compact, zero-copy through Ray's object store, binary-searchable."""
+    return np.array(sorted(ids), dtype=f"S{schema.ID_MAX_LENGTH}")
+
+
+def _contains(sorted_ids: np.ndarray, value: str) -> bool:
+    if sorted_ids.size == 0:
+        return False
+    key = value.encode()
+    position = int(np.searchsorted(sorted_ids, key))
+    return position < sorted_ids.size and sorted_ids[position] == key
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_split(path: str, split: str) -> np.ndarray:
+    """A worker loads each npz split once, not once per row."""
+    with np.load(path) as data:
+        return data[f"{split}_images"]
+
+
+def _npz_image(path: str, index: int, split: str) -> np.ndarray:
+    return _npz_split(path, split)[index]

@@ -1,0 +1,153 @@
+"""run_ingestion: source → reader → embedder → sink, with the progress bar, the tally and the report."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from ingestion.config import IngestConfig
+from ingestion.embedder import EMBED_SECONDS
+from ingestion.pipeline import cluster_cpus, embedded_batches, plan_resources, probe_model, ray_session
+from ingestion.reader import (
+    DECODE_SECONDS,
+    NAME,
+    REASON,
+    STATUS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PRESENT,
+    item_row,
+    sorted_id_array,
+)
+from ingestion.report import IngestReport
+from ingestion.sink import MilvusSink
+from ingestion.sources import list_source
+from services.store import MilvusStore, ModelMismatchError, choose_index, schema
+
+log = logging.getLogger(__name__)
+
+
+def run_ingestion(config: IngestConfig) -> IngestReport:
+    """Ingest `config.source` into the collection; rerunning adds only what is not stored yet."""
+    started = time.perf_counter()
+    listing = list_source(config)
+    report = IngestReport(
+        source=str(listing.root if listing.kind != "npz" else Path(config.source).resolve()),
+        dataset=listing.dataset, split=config.split, actors=config.actors, batch_size=config.batch_size,
+        device=config.device, backbone=config.backbone, collection=config.collection,
+        milvus_uri=config.milvus_uri, ray_address=config.ray_address,
+    )
+    # Opened before Ray starts: an unreachable or locked store fails in a second, not after Ray's start-up.
+    store = MilvusStore(config.milvus_uri)
+    try:
+        with ray_session(config.ray_address):
+            plan = plan_resources(cluster_cpus(), config.actors, config.device, config.gpus_per_actor)
+            model = probe_model(config, plan)
+            report.model_id = model.model_id
+            index = choose_index(config.index_type, config.metric, expected_rows=len(listing.items))
+            store.ensure_collection(config.collection, model.identity_json, model.dim, index)
+            # Loaded once and shipped to the read tasks: they skip stored images before decoding costs pile up.
+            stored = store.count(config.collection)
+            # A fresh collection has nothing to skip; iterating it anyway makes Milvus Lite log a server error.
+            existing = sorted_id_array(set(store.iter_ids(config.collection)) if stored else set())
+            log.info("%d ids already in %s", existing.size, config.collection)
+            rows = [item_row(item, listing.dataset) for item in listing.items]
+            sink = MilvusSink(store, config.collection, model.dim)
+            tally = Tally(report, model.model_id)
+            pipeline_started = time.perf_counter()
+            with tqdm(total=len(rows), unit="img", file=sys.stderr, disable=not config.progress,
+                      desc="ingest") as bar:
+                try:
+                    for batch in embedded_batches(rows, existing, config, plan):
+                        if tally.first_batch_at is None:
+                            tally.first_batch_at = time.perf_counter()
+                        sink.write(tally.add(batch))
+                        bar.update(batch.num_rows)
+                        bar.set_postfix(ok=report.ingested, skip=report.skipped_present, fail=report.failed,
+                                        refresh=False)
+                except BaseException:
+                    # Keep what was already embedded: the rerun starts from there. The original error wins.
+                    with contextlib.suppress(Exception):
+                        sink.close()
+                    raise
+                sink.close()
+            finished = time.perf_counter()
+        report.stage_seconds["write"] = round(sink.seconds, 3)
+        report.row_count_after = store.count(config.collection)
+    finally:
+        store.close()
+    report.seconds = round(time.perf_counter() - started, 3)
+    report.images_per_second = round(report.read / report.seconds, 2) if report.seconds else 0.0
+    report.pipeline_seconds = round(finished - pipeline_started, 3)
+    if tally.first_batch_at is not None and finished > tally.first_batch_at:
+        # Excludes Ray start-up and model loading: the rate a long run settles at.
+        report.steady_images_per_second = round(tally.after_first / (finished - tally.first_batch_at), 2)
+    for stage in ("decode", "embed"):
+        report.stage_seconds[stage] = round(report.stage_seconds[stage], 3)
+    if config.report_path:
+        report.write(config.report_path)
+    log.info("%s", report.summary())
+    return report
+
+
+@dataclass
+class Tally:
+    """Counts every row the pipeline returns and picks the ones to store (first of each id in this run)."""
+
+    report: IngestReport
+    model_id: str
+    seen: dict[str, str] = field(default_factory=dict)  # id -> name of the first item with it in this run
+    first_batch_at: float | None = None
+    after_first: int = 0
+
+    def add(self, batch: pa.Table) -> pa.Table:
+        report = self.report
+        if batch.num_rows == 0:
+            return batch
+        if self.first_batch_at is not None and report.read:
+            self.after_first += batch.num_rows
+        models = set(batch.column(schema.MODEL_ID).to_pylist())
+        if models - {self.model_id}:
+            raise ModelMismatchError(
+                f"the Ray actors loaded model {', '.join(sorted(models))}, the driver {self.model_id}: do the "
+                f"cluster's workers have the same weights and code as this machine?"
+            )
+        report.read += batch.num_rows
+        decode = float(pc.sum(batch.column(DECODE_SECONDS)).as_py() or 0.0)
+        embed = float(pc.sum(batch.column(EMBED_SECONDS)).as_py() or 0.0)
+        report.stage_seconds["decode"] += decode
+        report.stage_seconds["embed"] += embed
+        log.debug("batch of %d: read+decode %.3f s, embed %.3f s", batch.num_rows, decode, embed)
+        keep = []
+        ids = batch.column(schema.ID).to_pylist()
+        names = batch.column(NAME).to_pylist()
+        reasons = batch.column(REASON).to_pylist()
+        for image_id, name, status, reason in zip(ids, names, batch.column(STATUS).to_pylist(), reasons,
+                                                  strict=True):
+            if status == STATUS_FAILED:
+                report.failed += 1
+                report.failures.append({"source": name, "reason": reason or "unknown error"})
+                keep.append(False)
+                continue
+            if image_id in self.seen:
+                report.duplicates_in_run += 1
+                report.duplicates.append({"source": name, "duplicate_of": self.seen[image_id]})
+                keep.append(False)
+                continue
+            self.seen[image_id] = name
+            if status == STATUS_PRESENT:
+                report.skipped_present += 1
+                keep.append(False)
+            else:
+                assert status == STATUS_OK, status
+                report.ingested += 1
+                keep.append(True)
+        return batch.filter(pa.array(keep, pa.bool_()))

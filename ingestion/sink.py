@@ -1,0 +1,80 @@
+"""MilvusSink: embedded rows → Arrow RecordBatches in the store's schema → batched, idempotent upserts."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+
+from ingestion.reader import NAME
+from services.store import MilvusStore, schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_ROWS = 512  # rows per upsert: large enough to amortise a round trip, small enough to lose little
+
+
+def record_batch_schema(dim: int) -> pa.Schema:
+    """The Arrow layout MilvusStore.upsert takes: id, the vector, then every VARCHAR field of the store."""
+    return pa.schema([(schema.ID, pa.string()), (schema.EMBEDDING, pa.list_(pa.float32(), dim)),
+                      *((name, pa.string()) for name in schema.SCALAR_FIELDS)])
+
+
+class MilvusSink:
+    """Buffers rows and upserts them; what was upserted stays, so a rerun after a crash continues from there."""
+
+    def __init__(self, store: MilvusStore, collection: str, dim: int,
+                 flush_rows: int = DEFAULT_FLUSH_ROWS) -> None:
+        self.store = store
+        self.collection = collection
+        self.schema = record_batch_schema(dim)
+        self.flush_rows = flush_rows
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.rows_written = 0
+        self.seconds = 0.0
+
+    def to_record_batch(self, rows: pa.Table) -> pa.RecordBatch:
+        """Embedded rows (reader + embedder columns) → the store's columns; `source` is the item's name."""
+        n = rows.num_rows
+        columns: list[pa.Array] = []
+        for field in self.schema:
+            if field.name == schema.SOURCE:
+                column = rows.column(NAME)
+            elif field.name == schema.PREDICTED_LABEL and field.name not in rows.column_names:
+                column = pa.array([""] * n, pa.string())  # no classifier head in ingestion yet
+            else:
+                column = rows.column(field.name)
+            columns.append(column.combine_chunks().cast(field.type) if isinstance(column, pa.ChunkedArray)
+                           else column.cast(field.type))
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
+
+    def write(self, rows: pa.Table) -> None:
+        if rows.num_rows == 0:
+            return
+        self._pending.append(self.to_record_batch(rows))
+        self._pending_rows += rows.num_rows
+        if self._pending_rows >= self.flush_rows:
+            self._upsert_pending()
+
+    def _upsert_pending(self) -> None:
+        if not self._pending:
+            return
+        started = time.perf_counter()
+        table = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks()
+        for batch in table.to_batches():
+            self.rows_written += self.store.upsert(self.collection, batch)
+        written = self._pending_rows
+        self._pending, self._pending_rows = [], 0
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
+        log.debug("upserted %d rows in %.3f s (%d so far) into %s", written, elapsed, self.rows_written,
+                  self.collection)
+
+    def close(self) -> None:
+        """Write what is buffered and flush, so the rows are durable and counted."""
+        self._upsert_pending()
+        started = time.perf_counter()
+        self.store.flush(self.collection)
+        self.seconds += time.perf_counter() - started

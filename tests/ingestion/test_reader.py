@@ -1,0 +1,56 @@
+"""The reader turns every item into a row with a status; bad files become reasons, never exceptions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from ingestion.reader import (
+    PIXELS,
+    REASON,
+    STATUS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PRESENT,
+    item_row,
+    read_batch,
+    sorted_id_array,
+    unpack_pixels,
+)
+from ingestion.samples import BREASTMNIST_SUBSET
+from ingestion.sources import SourceItem
+from services.store import schema
+
+
+def _batch(items: list[SourceItem]) -> pa.Table:
+    return pa.Table.from_pylist([item_row(item, "test") for item in items])
+
+
+def test_unreadable_and_undecodable_files_become_failed_rows_with_reasons(tmp_path: Path,
+                                                                           breastmnist_png_archive: Path) -> None:
+    good = sorted((breastmnist_png_archive / "images").glob("*.png"))[0]
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    noise = tmp_path / "noise.jpg"
+    noise.write_bytes(bytes(range(256)) * 4)
+    items = [SourceItem(uri=str(p), name=p.name) for p in (good, truncated, noise, tmp_path / "gone.png")]
+
+    out = read_batch(_batch(items)).to_pylist()
+
+    assert [row[STATUS] for row in out] == [STATUS_OK, STATUS_FAILED, STATUS_FAILED, STATUS_FAILED]
+    assert all(row[REASON] for row in out[1:])
+    assert out[3][REASON] == "file not found"
+    assert unpack_pixels(out[0][PIXELS], out[0]["shape"]).shape == (28, 28)
+
+
+def test_ids_already_stored_are_marked_present_and_carry_no_pixels() -> None:
+    items = [SourceItem(uri=str(BREASTMNIST_SUBSET), split="train", array_index=i, name=f"n{i}") for i in range(3)]
+    first = read_batch(_batch(items)).to_pylist()
+    stored = sorted_id_array({first[1][schema.ID]})
+
+    again = read_batch(_batch(items), stored).to_pylist()
+
+    assert [row[STATUS] for row in again] == [STATUS_OK, STATUS_PRESENT, STATUS_OK]
+    assert again[1][PIXELS] == b""
+    assert [row[schema.ID] for row in again] == [row[schema.ID] for row in first]

@@ -1,0 +1,29 @@
+"""The Ray resource plan never asks for more CPUs than exist once a read task is running."""
+
+from __future__ import annotations
+
+import pytest
+
+from ingestion.pipeline import plan_resources
+
+
+@pytest.mark.parametrize(("cpus", "actors"), [(1, 1), (2, 1), (2, 2), (2, 4), (8, 3), (64, 4)])
+def test_actors_leave_room_for_a_read_task(cpus: int, actors: int) -> None:
+    plan = plan_resources(cpus, actors, "cpu", 1.0)
+
+    assert plan.read_cpus + actors * plan.actor_cpus <= cpus + 1e-9
+    assert plan.torch_threads == max(1, cpus // actors)
+
+
+def test_two_cpus_two_actors_get_fractional_cpus() -> None:
+    plan = plan_resources(2, 2, "cpu", 1.0)
+
+    assert plan.actor_cpus < 1
+    assert plan.actor_gpus == 0
+
+
+def test_cuda_actors_reserve_their_gpu_share() -> None:
+    plan = plan_resources(8, 4, "cuda", 0.5)
+
+    assert plan.actor_gpus == 0.5
+    assert plan.actor_cpus <= 1
