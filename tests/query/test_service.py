@@ -1,0 +1,165 @@
+"""End to end through the real parts: Ray ingestion → Milvus Lite → gRPC server on 127.0.0.1 → client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from ingestion.config import IngestConfig
+from ingestion.runner import run_ingestion
+from services.embedding import EmbeddingModel, decode_image, image_id
+from services.query.client import RetrievalClient
+from services.query.engine import RetrievalEngine
+from services.query.server import start_server
+from services.store import MilvusStore
+
+COLLECTION = "e2e"
+MAX_TOP_K = 50
+
+
+@pytest.fixture(scope="module")
+def model() -> EmbeddingModel:
+    return EmbeddingModel.load("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, ray_local, breastmnist_png_archive: Path, model: EmbeddingModel):
+    """Ingest 60 real ultrasound images with 2 Ray actors, then serve them over real gRPC."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    uri = str(workdir / "cbmir.db")
+    report = run_ingestion(IngestConfig(
+        source=str(breastmnist_png_archive), milvus_uri=uri, collection=COLLECTION, actors=2, batch_size=16,
+        split="train", limit=60, report_path=str(workdir / "report.json"), progress=False,
+    ))
+    assert report.ingested == 60
+    store = MilvusStore(uri)
+    engine = RetrievalEngine(store, model, COLLECTION, max_top_k=MAX_TOP_K)
+    running = start_server(engine, host="127.0.0.1", port=0)
+    client = RetrievalClient(f"127.0.0.1:{running.port}", timeout=60)
+    yield client, store, breastmnist_png_archive
+    client.close()
+    running.stop()
+    store.close()
+
+
+def _train_images(archive: Path) -> list[Path]:
+    return sorted((archive / "images").glob("train_*.png"))
+
+
+def test_health_check_answers_serving(service) -> None:
+    client, _, _ = service
+    assert client.health() == "SERVING"
+    assert client.health("cbmir.v1.RetrievalService") == "SERVING"
+
+
+def test_search_by_image_returns_ordered_labelled_hits_with_itself_first(service) -> None:
+    client, _, archive = service
+    query = _train_images(archive)[5]
+    reply = client.search(image=query, top_k=10)
+    assert len(reply.hits) == 10
+    scores = [h.score for h in reply.hits]
+    assert scores == sorted(scores, reverse=True)
+    assert [h.rank for h in reply.hits] == list(range(1, 11))
+    assert reply.hits[0].source.endswith(query.name)  # the stored copy of the query image is its own best match
+    assert reply.hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert all(h.label in ("malignant", "normal_benign") for h in reply.hits)
+    assert reply.timings.embed_ms > 0 and reply.timings.search_ms > 0 and reply.timings.decode_ms > 0
+
+
+def test_stored_vector_equals_the_vector_the_service_computes(service, model: EmbeddingModel) -> None:
+    _, store, archive = service
+    for query in _train_images(archive)[:3]:
+        decoded = decode_image(query.read_bytes())
+        stored = store.get_rows(COLLECTION, [image_id(decoded.content_key)])[image_id(decoded.content_key)]
+        computed = model.embed([decoded.pixels])[0]
+        stored_vector = np.asarray(stored["embedding"], dtype=np.float32)
+        cosine = float(stored_vector @ computed / (np.linalg.norm(stored_vector) * np.linalg.norm(computed)))
+        assert cosine > 0.9999
+        np.testing.assert_allclose(stored_vector, computed, rtol=0, atol=2e-2 * float(np.abs(computed).max()))
+
+
+def test_search_by_stored_id_can_exclude_itself(service) -> None:
+    client, _, archive = service
+    query_id = image_id(decode_image(_train_images(archive)[0].read_bytes()).content_key)
+    reply = client.search(id=query_id, top_k=5, exclude_query_id=True)
+    assert len(reply.hits) == 5 and query_id not in [h.id for h in reply.hits]
+
+
+def test_label_filter_and_explicit_prefilter_keep_only_that_class(service) -> None:
+    client, _, archive = service
+    query = _train_images(archive)[1]
+    by_filter = client.search(image=query, top_k=10, filters={"label": "malignant"})
+    by_prefilter = client.search(image=query, top_k=10, prefilter="explicit", prefilter_class="malignant")
+    assert by_filter.hits and all(h.label == "malignant" for h in by_filter.hits)
+    assert [h.id for h in by_prefilter.hits] == [h.id for h in by_filter.hits]
+    assert by_prefilter.prefilter_applied
+
+
+def test_search_by_vector_matches_search_by_image(service, model: EmbeddingModel) -> None:
+    client, _, archive = service
+    query = _train_images(archive)[2]
+    vector = model.embed([decode_image(query.read_bytes()).pixels])[0]
+    by_vector = client.search(vector=vector.tolist(), top_k=5)
+    by_image = client.search(image=query, top_k=5)
+    assert [h.id for h in by_vector.hits] == [h.id for h in by_image.hits]
+
+
+def test_describe_collection_reports_model_and_size(service, model: EmbeddingModel) -> None:
+    client, _, _ = service
+    info = client.describe(COLLECTION)
+    assert info.row_count == 60 and info.dim == model.dim == 1280
+    assert info.model.model_id == model.identity.model_id and info.model.architecture == "efficientnet_lite0"
+    assert (info.metric, info.index_type) == ("COSINE", "HNSW")
+
+
+@pytest.mark.parametrize(("kwargs", "code", "message"), [
+    ({"image": b"\x00garbage bytes, not an image" * 10}, grpc.StatusCode.INVALID_ARGUMENT, "cannot decode"),
+    ({"image": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00"}, grpc.StatusCode.INVALID_ARGUMENT, "cannot decode"),
+    ({"vector": [0.1] * 7}, grpc.StatusCode.INVALID_ARGUMENT, "dim 7"),
+    ({"vector": [float("nan")] * 1280}, grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+    ({"vector": [0.1] * 1280, "top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+    ({"vector": [0.1] * 1280, "top_k": MAX_TOP_K + 1}, grpc.StatusCode.INVALID_ARGUMENT, "top_k"),
+    ({"vector": [0.1] * 1280, "filters": {"patient_name": "x"}}, grpc.StatusCode.INVALID_ARGUMENT, "unknown filter"),
+    ({"vector": [0.1] * 1280, "filters": {"label": '" or 1==1 or label == "'}},
+     grpc.StatusCode.INVALID_ARGUMENT, "not allowed"),
+    ({"vector": [0.1] * 1280, "collection": "no_such"}, grpc.StatusCode.NOT_FOUND, "no_such"),
+    ({"id": "0" * 32}, grpc.StatusCode.NOT_FOUND, "no image with id"),
+    ({"id": 'x" or id != "'}, grpc.StatusCode.INVALID_ARGUMENT, "malformed id"),
+])
+def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(service, kwargs, code, message) -> None:
+    client, _, _ = service
+    kwargs.setdefault("top_k", 5)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.search(**kwargs)
+    assert raised.value.code() == code
+    assert message in raised.value.details()
+    assert "Traceback" not in raised.value.details()
+    assert client.health() == "SERVING"
+
+
+def test_an_empty_request_is_invalid(service) -> None:
+    client, _, _ = service
+    with pytest.raises(grpc.RpcError) as raised:
+        client.search(top_k=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_reflection_lists_the_retrieval_and_health_services(service) -> None:
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    client, _, _ = service
+    services = set(ProtoReflectionDescriptorDatabase(client.channel).get_services())
+    assert {"cbmir.v1.RetrievalService", "grpc.health.v1.Health"} <= services
+
+
+def test_requests_are_counted_in_prometheus_metrics(service) -> None:
+    from prometheus_client import REGISTRY
+
+    client, _, _ = service
+    before = REGISTRY.get_sample_value("cbmir_requests_total", {"method": "Search", "code": "OK"}) or 0.0
+    client.search(vector=[0.1] * 1280, top_k=3)
+    after = REGISTRY.get_sample_value("cbmir_requests_total", {"method": "Search", "code": "OK"})
+    assert after == before + 1

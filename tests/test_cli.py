@@ -1,0 +1,54 @@
+"""The `cbmir` command as a user runs it: help, clear errors, and the demo end to end in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CBMIR = [sys.executable, "-m", "services.cli"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CBMIR, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("command", ["ingest", "serve", "search", "info", "demo"])
+def test_every_subcommand_explains_itself(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert "--" in result.stdout and "usage: cbmir " + command in result.stdout
+
+
+def test_ingest_of_a_missing_source_fails_with_one_clear_line(tmp_path: Path) -> None:
+    result = run("ingest", str(tmp_path / "nowhere"), "--milvus-uri", str(tmp_path / "x.db"))
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_backbone_without_weights(tmp_path: Path) -> None:
+    result = run("serve", "--backbone", "densenet121", "--milvus-uri", str(tmp_path / "x.db"), "--port", "0")
+    assert result.returncode == 2
+    assert "--weights" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_search_against_no_server_says_unavailable(tmp_path: Path) -> None:
+    image = tmp_path / "q.png"
+    image.write_bytes(b"not really")
+    result = run("search", str(image), "--target", "127.0.0.1:1", "--timeout", "3")
+    assert result.returncode == 2
+    assert "UNAVAILABLE" in result.stderr
+
+
+def test_demo_ingests_serves_queries_and_stops(tmp_path: Path) -> None:
+    result = run("demo", "--workdir", str(tmp_path / "demo"), "--limit", "40", "-k", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "SERVING" in result.stdout and "stopped cleanly" in result.stdout
+    hit_lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]
+    assert len(hit_lines) == 3
+    report = json.loads((tmp_path / "demo" / "ingest-report.json").read_text())
+    assert report["ingested"] > 0 and report["failed"] == len(report["failures"])
