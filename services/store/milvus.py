@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,23 @@ def _reason(error: Exception) -> str:
     return getattr(error, "message", None) or str(error) or type(error).__name__
 
 
+_lite_clients: dict[str, MilvusClient] = {}
+_lite_lock = threading.Lock()
+
+
+def _lite_client(path: str) -> MilvusClient:
+    """One client per Milvus Lite file per process.
+
+    Milvus Lite serves a file from an in-process gRPC server; reconnecting to it after a client closed can be
+    refused ("too_many_pings" GOAWAY from the earlier connection's keepalives), so connections are reused.
+    """
+    key = str(Path(path).resolve())
+    with _lite_lock:
+        if key not in _lite_clients:
+            _lite_clients[key] = MilvusClient(uri=key)
+        return _lite_clients[key]
+
+
 class MilvusStore:
     """Collections of image embeddings with their labels; the only code that talks to Milvus."""
 
@@ -98,14 +116,16 @@ class MilvusStore:
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client = MilvusClient(uri=uri, token=token, timeout=timeout)
+            self.client = _lite_client(uri) if not is_server_uri(uri) else MilvusClient(uri=uri, token=token,
+                                                                                       timeout=timeout)
         except MilvusException as error:
             raise _unavailable(uri, error) from None
         self._index_cache: dict[str, IndexConfig] = {}
 
     def close(self) -> None:
-        with contextlib.suppress(MilvusException):
-            self.client.close()
+        if is_server_uri(self.uri):  # Lite clients are shared for the life of the process, see _lite_client
+            with contextlib.suppress(MilvusException):
+                self.client.close()
 
     # -- collections -------------------------------------------------------------------------------
 
