@@ -33,6 +33,7 @@ class IngestConfig:
     limit: int | None = None
     report_path: str | None = "cbmir-ingest-report.json"
     progress: bool = True
+    rerank_descriptor: str = ""  # "hog": also store HOG descriptors so searches can re-rank (seed 003)
 
     def __post_init__(self) -> None:
         if self.actors < 1:
@@ -43,5 +44,7 @@ class IngestConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and self.gpus_per_actor <= 0:
             raise ValueError(f"gpus_per_actor must be > 0 with --device cuda, got {self.gpus_per_actor}")
+        if self.rerank_descriptor not in ("", "hog"):
+            raise ValueError(f"rerank_descriptor must be '' or 'hog', got {self.rerank_descriptor!r}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")

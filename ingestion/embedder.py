@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from ingestion.reader import PIXELS, REASON, SHAPE, STATUS, STATUS_FAILED, STATUS_OK, unpack_pixels
 from services.embedding import EmbeddingModel
+from services.embedding.descriptors import DESCRIPTORS, hog_descriptors
 from services.store import schema
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,14 @@ class Embedder:
     """Turns decoded rows into vectors; present and failed rows pass through with a zero vector, never stored."""
 
     def __init__(self, backbone: str, weights: str | None, random_init: bool, device: str, precision: str,
-                 num_threads: int | None) -> None:
+                 num_threads: int | None, descriptor: str = "") -> None:
         started = time.perf_counter()
         self.model = EmbeddingModel.load(backbone=backbone, weights=weights, random_init=random_init,
                                          device=device, precision=precision, num_threads=num_threads)
         self.dim = self.model.dim
+        self.descriptor = descriptor
+        # A model with a classifier head also predicts each image's class: stored for the class prefilter.
+        self.classes: list[str] | None = getattr(self.model, "classes", None)
         self.model_id = self.model.identity.model_id
         log.info("embedder ready in %.1f s (model %s)", time.perf_counter() - started, self.model_id)
 
@@ -57,13 +61,17 @@ class Embedder:
         reasons = batch.column(REASON).to_pylist()
         todo = [i for i, s in enumerate(statuses) if s == STATUS_OK]
         vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)
+        predicted = [""] * batch.num_rows
+        descriptors = np.zeros((batch.num_rows, DESCRIPTORS.get(self.descriptor, 0)), dtype=np.float32)
         if todo:
             pixels_col = batch.column(PIXELS)
             shape_col = batch.column(SHAPE)
             images = [unpack_pixels(pixels_col[i].as_py(), shape_col[i].as_py()) for i in todo]
-            embedded = self._embed(images, todo, statuses, reasons)
+            embedded = self._embed(images, todo, statuses, reasons, predicted)
             for i, vector in embedded.items():
                 vectors[i] = vector
+            if self.descriptor == "hog":
+                descriptors[todo] = hog_descriptors(images)
         elapsed = time.perf_counter() - started
         # Pixels are dropped here: the driver only ever sees ids, labels and vectors.
         out = batch.drop_columns([PIXELS, SHAPE])
@@ -72,20 +80,35 @@ class Embedder:
         embeddings = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim)
         out = out.append_column(schema.EMBEDDING, embeddings)
         out = out.append_column(schema.MODEL_ID, pa.array([self.model_id] * batch.num_rows, pa.string()))
+        out = out.append_column(schema.PREDICTED_LABEL, pa.array(predicted, pa.string()))
+        if self.descriptor:
+            out = out.append_column(schema.DESCRIPTOR, pa.FixedSizeListArray.from_arrays(
+                pa.array(descriptors.reshape(-1), pa.float32()), descriptors.shape[1]))
         return out.append_column(EMBED_SECONDS, pa.array([elapsed / max(batch.num_rows, 1)] * batch.num_rows,
                                                          pa.float64()))
 
-    def _embed(self, images: list[np.ndarray], rows: list[int], statuses: list[str],
-               reasons: list[str]) -> dict[int, np.ndarray]:
+    def _vectors(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """Vectors, and the predicted class of each image when the model has a classifier head."""
+        if not self.classes:
+            return self.model.embed(images), [""] * len(images)
+        vectors, probabilities = self.model.embed_and_predict(images)
+        return vectors, [self.classes[int(i)] for i in probabilities.argmax(axis=1)]
+
+    def _embed(self, images: list[np.ndarray], rows: list[int], statuses: list[str], reasons: list[str],
+               predicted: list[str]) -> dict[int, np.ndarray]:
         """Embed the batch at once; if that fails, one by one so a single bad image fails alone."""
         try:
-            return dict(zip(rows, self.model.embed(images), strict=True))
+            vectors, labels = self._vectors(images)
+            for row, label in zip(rows, labels, strict=True):
+                predicted[row] = label
+            return dict(zip(rows, vectors, strict=True))
         except Exception:
             log.warning("batch embedding failed, retrying image by image", exc_info=True)
         result: dict[int, np.ndarray] = {}
         for row, image in zip(rows, images, strict=True):
             try:
-                result[row] = self.model.embed([image])[0]
+                vectors, labels = self._vectors([image])
+                result[row], predicted[row] = vectors[0], labels[0]
             except Exception as error:
                 statuses[row] = STATUS_FAILED
                 reasons[row] = f"cannot embed: {type(error).__name__}: {error}"

@@ -128,7 +128,7 @@ def embedded_batches(rows: list[dict[str, Any]], existing_ids: np.ndarray, confi
         embed_options["num_gpus"] = plan.actor_gpus
     dataset = dataset.map_batches(
         Embedder,
-        fn_constructor_kwargs=_model_options(config, plan),
+        fn_constructor_kwargs={**_model_options(config, plan), "descriptor": config.rerank_descriptor},
         batch_format="pyarrow",
         batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(size=config.actors),

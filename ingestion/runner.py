@@ -30,6 +30,7 @@ from ingestion.reader import (
 from ingestion.report import IngestReport
 from ingestion.sink import MilvusSink
 from ingestion.sources import list_source
+from services.embedding.descriptors import DESCRIPTORS
 from services.store import MilvusStore, ModelMismatchError, choose_index, schema
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,16 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
             report.model_id = model.model_id
             index = choose_index(config.index_type, config.metric, expected_rows=len(listing.items))
             store.ensure_collection(config.collection, model.identity_json, model.dim, index)
+            if config.rerank_descriptor:
+                store.ensure_descriptor_collection(config.collection, config.rerank_descriptor,
+                                                   DESCRIPTORS[config.rerank_descriptor])
             # Loaded once and shipped to the read tasks: they skip stored images before decoding costs pile up.
             stored = store.count(config.collection)
             # A fresh collection has nothing to skip; iterating it anyway makes Milvus Lite log a server error.
             existing = sorted_id_array(set(store.iter_ids(config.collection)) if stored else set())
             log.info("%d ids already in %s", existing.size, config.collection)
             rows = [item_row(item, listing.dataset) for item in listing.items]
-            sink = MilvusSink(store, config.collection, model.dim)
+            sink = MilvusSink(store, config.collection, model.dim, descriptor=config.rerank_descriptor)
             tally = Tally(report, model.model_id)
             pipeline_started = time.perf_counter()
             with tqdm(total=len(rows), unit="img", file=sys.stderr, disable=not config.progress,

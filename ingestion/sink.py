@@ -25,9 +25,11 @@ class MilvusSink:
     """Buffers rows and upserts them; what was upserted stays, so a rerun after a crash continues from there."""
 
     def __init__(self, store: MilvusStore, collection: str, dim: int,
-                 flush_rows: int = DEFAULT_FLUSH_ROWS) -> None:
+                 flush_rows: int = DEFAULT_FLUSH_ROWS, descriptor: str = "") -> None:
         self.store = store
         self.collection = collection
+        self.descriptor = descriptor
+        self._pending_descriptors: list[pa.Table] = []
         self.schema = record_batch_schema(dim)
         self.flush_rows = flush_rows
         self._pending: list[pa.RecordBatch] = []
@@ -37,15 +39,9 @@ class MilvusSink:
 
     def to_record_batch(self, rows: pa.Table) -> pa.RecordBatch:
         """Embedded rows (reader + embedder columns) → the store's columns; `source` is the item's name."""
-        n = rows.num_rows
         columns: list[pa.Array] = []
         for field in self.schema:
-            if field.name == schema.SOURCE:
-                column = rows.column(NAME)
-            elif field.name == schema.PREDICTED_LABEL and field.name not in rows.column_names:
-                column = pa.array([""] * n, pa.string())  # no classifier head in ingestion yet
-            else:
-                column = rows.column(field.name)
+            column = rows.column(NAME) if field.name == schema.SOURCE else rows.column(field.name)
             columns.append(column.combine_chunks().cast(field.type) if isinstance(column, pa.ChunkedArray)
                            else column.cast(field.type))
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
@@ -54,6 +50,8 @@ class MilvusSink:
         if rows.num_rows == 0:
             return
         self._pending.append(self.to_record_batch(rows))
+        if self.descriptor:
+            self._pending_descriptors.append(rows.select([schema.ID, schema.DESCRIPTOR]))
         self._pending_rows += rows.num_rows
         if self._pending_rows >= self.flush_rows:
             self._upsert_pending()
@@ -65,8 +63,15 @@ class MilvusSink:
         table = pa.Table.from_batches(self._pending, schema=self.schema).combine_chunks()
         for batch in table.to_batches():
             self.rows_written += self.store.upsert(self.collection, batch)
+        # Descriptors after vectors: a crash in between leaves a row without its descriptor, which a re-rank
+        # treats as "no HOG" (ranked last), never a descriptor without its row.
+        for part in self._pending_descriptors:
+            vectors = part.column(schema.DESCRIPTOR).combine_chunks()
+            dim = vectors.type.list_size
+            self.store.upsert_descriptors(self.collection, self.descriptor, part.column(schema.ID).to_pylist(),
+                                          vectors.values.to_numpy(zero_copy_only=False).reshape(-1, dim))
         written = self._pending_rows
-        self._pending, self._pending_rows = [], 0
+        self._pending, self._pending_rows, self._pending_descriptors = [], 0, []
         elapsed = time.perf_counter() - started
         self.seconds += elapsed
         log.debug("upserted %d rows in %.3f s (%d so far) into %s", written, elapsed, self.rows_written,

@@ -84,7 +84,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, ray_address=args.ray_address, index_type=args.index, metric=args.metric,
         dataset=args.dataset, manifest=args.manifest, image_column=args.image_column,
         label_column=args.label_column, split=args.split, limit=args.limit, report_path=args.report,
-        progress=not args.no_progress,
+        progress=not args.no_progress, rerank_descriptor=args.rerank_descriptor,
     )
     report = run_ingestion(config)
     print(report.summary())
@@ -100,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = MilvusStore(args.milvus_uri, token=args.milvus_token)
     model = _load_model(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
-                             max_image_bytes=args.max_image_mb * 1024 * 1024)
+                             max_image_bytes=args.max_image_mb * 1024 * 1024,
+                             min_confidence=args.prefilter_min_confidence)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
     serve_metrics(args.metrics_port, args.metrics_host)
     running = start_server(engine, host=args.host, port=args.port, max_message_mb=args.max_message_mb,
@@ -127,6 +128,12 @@ def print_hits(reply: Any, out: Any = sys.stdout) -> None:
     print(f"collection {reply.collection}  model {reply.model_id}  "
           f"decode {t.decode_ms:.1f} ms  embed {t.embed_ms:.1f} ms  search {t.search_ms:.1f} ms  "
           f"server total {t.total_ms:.1f} ms", file=out)
+    if reply.predicted_class:
+        print(f"predicted class {reply.predicted_class} (p={reply.predicted_probability:.2f})", file=out)
+    if reply.prefilter_note:
+        print(f"prefilter: {reply.prefilter_note}", file=out)
+    if reply.reranked:
+        print("re-ranked by HOG", file=out)
     print(f"{'rank':>4}  {'score':>8}  {'label':<16} {'modality':<8} {'id':<14} source", file=out)
     for hit in reply.hits:
         print(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.label[:16]:<16} {hit.metadata.get('modality', '')[:8]:<8} "
@@ -143,7 +150,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         try:
             kwargs: dict[str, Any] = {"id": args.id} if args.id else {"image": Path(args.image)}
             reply = client.search(top_k=args.k, collection=args.collection, filters=_parse_filters(args.filter),
-                                  prefilter=args.prefilter, prefilter_class=args.prefilter_class, **kwargs)
+                                  prefilter=args.prefilter, prefilter_class=args.prefilter_class,
+                                  min_confidence=args.min_confidence, rerank=args.rerank, k_prep=args.k_prep,
+                                  **kwargs)
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
             return 2
@@ -163,7 +172,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         weights = spec.bundled_weights or "needs --weights PATH (or --random-init)"
         print(f"  {name:<18} dim {spec.dim:<5} input {spec.input_size}px  weights: {weights}")
     store = MilvusStore(args.milvus_uri, token=args.milvus_token)
-    names = [args.collection] if args.only else store.list_collections()
+    names = [args.collection] if args.only else [n for n in store.list_collections() if "__" not in n]
     print(f"store {args.milvus_uri}: {len(names)} collection(s)")
     for name in names:
         info = store.describe(name)
@@ -279,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--limit", type=int, default=None, help="ingest at most this many images")
     ingest.add_argument("--report", default="cbmir-ingest-report.json", help="JSON report path")
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ingest.add_argument("--rerank-descriptor", default="", choices=["", "hog"],
+                        help="also store HOG descriptors (1764 floats per image) so searches can --rerank hog")
     _add_logging_flags(ingest)
     ingest.set_defaults(func=cmd_ingest)
 
@@ -295,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="largest gRPC message in MiB; a full-field mammogram DICOM is ~50-100 MB "
                             "(default %(default)s)")
     serve.add_argument("--max-image-mb", type=int, default=256, help="largest query image in MiB")
+    serve.add_argument("--prefilter-min-confidence", type=float, default=0.5,
+                       help="predicted-class prefilter: below this probability search the whole collection "
+                            "(default %(default)s)")
     serve.add_argument("--metrics-port", type=int, default=9108,
                        help="Prometheus /metrics port, 0 disables (default %(default)s)")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus listen address")
@@ -311,6 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="equality filter on label, modality, body_part, view, dataset, ... (repeatable)")
     search.add_argument("--prefilter", default="off", choices=["off", "predicted", "explicit"])
     search.add_argument("--prefilter-class", default="", help="class to search with --prefilter explicit")
+    search.add_argument("--min-confidence", type=float, default=0.0,
+                        help="--prefilter predicted: below this probability search everything (0: server default)")
+    search.add_argument("--rerank", default="", choices=["", "hog"],
+                        help="re-rank CNN candidates by HOG (collection ingested with --rerank-descriptor hog)")
+    search.add_argument("--k-prep", type=int, default=0, help="candidates to re-rank (0: max(10, k))")
     search.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
     search.add_argument("--json", action="store_true", help="print the reply as JSON")
     _add_logging_flags(search)

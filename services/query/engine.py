@@ -6,12 +6,15 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, TypeVar
 
 import numpy as np
 
 from services.embedding import EmbeddingModel, ImageDecodeError, decode_image
+from services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
 from services.store import (
     CollectionInfo,
     CollectionNotFoundError,
@@ -22,12 +25,16 @@ from services.store import (
     StoreUnavailableError,
 )
 from services.store.filters import build_filter_expression
-from services.store.schema import EMBEDDING, LABEL
+from services.store.schema import EMBEDDING, LABEL, PREDICTED_LABEL
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_MAX_TOP_K = 1000
 DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # a full-field mammogram DICOM is ~50-100 MB
+DEFAULT_MIN_CONFIDENCE = 0.5
+DEFAULT_K_PREP = 10  # seed 003's k_prep
+RERANK_DESCRIPTORS = tuple(DESCRIPTORS)
 
 
 class Rejection(Enum):
@@ -61,6 +68,9 @@ class SearchQuery:
     prefilter: Prefilter = Prefilter.OFF
     prefilter_class: str = ""
     exclude_query_id: bool = False
+    min_confidence: float = 0.0  # 0: the engine's default
+    rerank: str = ""  # "" or a descriptor kind ("hog")
+    k_prep: int = 0  # candidates to re-rank; 0: max(DEFAULT_K_PREP, top_k)
 
 
 @dataclass
@@ -72,6 +82,8 @@ class SearchResult:
     predicted_class: str = ""
     predicted_probability: float = 0.0
     prefilter_applied: bool = False
+    prefilter_note: str = ""
+    reranked: bool = False
 
 
 class RetrievalEngine:
@@ -84,12 +96,15 @@ class RetrievalEngine:
         default_collection: str,
         max_top_k: int = DEFAULT_MAX_TOP_K,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     ) -> None:
         self.store = store
         self.model = model
         self.default_collection = default_collection
         self.max_top_k = max_top_k
         self.max_image_bytes = max_image_bytes
+        self.min_confidence = min_confidence
+        self.classes: list[str] | None = getattr(model, "classes", None)
         self._model_json = model.identity.to_json()
         self._checked: dict[str, int] = {}  # collection → dim, for collections of this model
         self._lock = threading.Lock()
@@ -135,32 +150,76 @@ class RetrievalEngine:
         if query.prefilter is Prefilter.EXPLICIT and not query.prefilter_class:
             raise QueryRejected(Rejection.INVALID, "prefilter EXPLICIT needs prefilter_class")
         if query.prefilter is Prefilter.PREDICTED:
-            raise QueryRejected(
-                Rejection.PRECONDITION,
-                "prefilter PREDICTED needs a model with a classifier head; this server's model has none "
-                "(use PREFILTER_MODE_EXPLICIT with a class, or OFF)",
-            )
+            if not self.classes:
+                raise QueryRejected(
+                    Rejection.PRECONDITION,
+                    "prefilter PREDICTED needs a model with a classifier head (a `cbmir train` checkpoint); this "
+                    "server's model has none (use PREFILTER_MODE_EXPLICIT with a class, or OFF)",
+                )
+            if query.vector is not None:
+                raise QueryRejected(Rejection.INVALID,
+                                    "prefilter PREDICTED needs an image or a stored id, not a vector")
+        if not 0.0 <= query.min_confidence <= 1.0 or not math.isfinite(query.min_confidence):
+            raise QueryRejected(Rejection.INVALID, f"min_confidence must be in [0, 1], got {query.min_confidence}")
         collection = query.collection or self.default_collection
         self.collection_dim(collection)
+        if query.rerank:
+            if query.rerank not in RERANK_DESCRIPTORS:
+                raise QueryRejected(Rejection.INVALID, f"unknown rerank {query.rerank!r}: choose one of "
+                                                       f"{', '.join(RERANK_DESCRIPTORS)} (or empty for none)")
+            if query.vector is not None:
+                raise QueryRejected(Rejection.INVALID, "rerank needs an image or a stored id, not a vector")
+            k_prep = self.k_prep(query)
+            if not query.top_k <= k_prep <= self.max_top_k:
+                raise QueryRejected(Rejection.INVALID,
+                                    f"k_prep must be between top_k ({query.top_k}) and {self.max_top_k}, got {k_prep}")
+            if not self._call_store(self.store.has_descriptors, collection, query.rerank):
+                raise QueryRejected(Rejection.PRECONDITION,
+                                    f"collection {collection!r} has no {query.rerank} descriptors: ingest it with "
+                                    f"--rerank-descriptor {query.rerank} to re-rank")
         return collection
+
+    @staticmethod
+    def k_prep(query: SearchQuery) -> int:
+        return query.k_prep or max(DEFAULT_K_PREP, query.top_k)
+
+    @staticmethod
+    def _call_store(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call whose failures become the rejections a client can act on."""
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailableError as error:
+            raise QueryRejected(Rejection.UNAVAILABLE, str(error)) from None
+        except InvalidFilterError as error:
+            raise QueryRejected(Rejection.INVALID, str(error)) from None
 
     # -- the path --------------------------------------------------------------------------------------
 
     def search(self, query: SearchQuery) -> SearchResult:
+        """request → validate → decode → embed (+classify) → prefilter → search → re-rank → result."""
         started = time.perf_counter()
         collection = self._validate(query)
         dim = self.collection_dim(collection)
         timings = {"decode": 0.0, "embed": 0.0, "search": 0.0, "rerank": 0.0}
+        result = SearchResult(hits=[], collection=collection, model_id=self.model.identity.model_id,
+                              timings_ms=timings)
+        pixels: np.ndarray | None = None
+        probabilities: np.ndarray | None = None
+        stored: dict | None = None
 
         if query.image is not None:
             t = time.perf_counter()
             try:
-                decoded = decode_image(query.image)
+                pixels = decode_image(query.image).pixels
             except ImageDecodeError as error:
                 raise QueryRejected(Rejection.INVALID, f"cannot decode image: {error}") from None
             timings["decode"] = _ms(t)
             t = time.perf_counter()
-            vector = self.model.embed([decoded.pixels])[0]
+            if query.prefilter is Prefilter.PREDICTED:
+                vectors, probs = self.model.embed_and_predict([pixels])
+                vector, probabilities = vectors[0], probs[0]
+            else:
+                vector = self.model.embed([pixels])[0]
             timings["embed"] = _ms(t)
         elif query.vector is not None:
             vector = np.asarray(query.vector, dtype=np.float32).reshape(-1)
@@ -171,35 +230,80 @@ class RetrievalEngine:
             if not np.all(np.isfinite(vector)):
                 raise QueryRejected(Rejection.INVALID, "vector contains NaN or infinite values")
         else:
-            vector = self._stored_vector(collection, str(query.id))
+            stored = self._stored_row(collection, str(query.id))
+            vector = np.asarray(stored[EMBEDDING], dtype=np.float32)
 
         filters = dict(query.filters)
-        prefilter_applied = False
-        if query.prefilter is Prefilter.EXPLICIT:
-            if LABEL in filters and filters[LABEL] != query.prefilter_class:
-                raise QueryRejected(Rejection.INVALID, "filter label and prefilter_class disagree")
-            filters[LABEL] = query.prefilter_class
-            prefilter_applied = True
+        self._apply_prefilter(query, filters, result, probabilities, stored)
 
         exclude = [str(query.id)] if query.id and query.exclude_query_id else []
+        wanted = self.k_prep(query) if query.rerank else query.top_k
         t = time.perf_counter()
-        try:
-            hits = self.store.search(collection, vector[None, :], query.top_k, filters, exclude_ids=exclude)[0]
-        except StoreUnavailableError as error:
-            raise QueryRejected(Rejection.UNAVAILABLE, str(error)) from None
-        except InvalidFilterError as error:
-            raise QueryRejected(Rejection.INVALID, str(error)) from None
+        hits = self._call_store(self.store.search, collection, vector[None, :], wanted, filters, exclude_ids=exclude)[0]
         timings["search"] = _ms(t)
-        timings["total"] = _ms(started)
-        return SearchResult(
-            hits=hits,
-            collection=collection,
-            model_id=self.model.identity.model_id,
-            timings_ms=timings,
-            prefilter_applied=prefilter_applied,
-        )
 
-    def _stored_vector(self, collection: str, image_id: str) -> np.ndarray:
+        if query.rerank:
+            t = time.perf_counter()
+            hits = self._rerank(collection, query, hits, pixels)
+            result.reranked = True
+            timings["rerank"] = _ms(t)
+        result.hits = hits[: query.top_k]
+        timings["total"] = _ms(started)
+        return result
+
+    def _apply_prefilter(self, query: SearchQuery, filters: dict[str, str], result: SearchResult,
+                         probabilities: np.ndarray | None, stored: dict | None) -> None:
+        """Restrict `filters` to one class (the label is the partition key, so Milvus searches one partition)."""
+        if query.prefilter is Prefilter.EXPLICIT:
+            chosen, note = query.prefilter_class, "explicit class"
+        elif query.prefilter is Prefilter.PREDICTED:
+            assert self.classes is not None
+            threshold = query.min_confidence or self.min_confidence
+            if probabilities is not None:
+                best = int(np.argmax(probabilities))
+                result.predicted_class = self.classes[best]
+                result.predicted_probability = float(probabilities[best])
+            else:  # a stored image: its class was predicted at ingestion
+                result.predicted_class = str((stored or {}).get(PREDICTED_LABEL, ""))
+                result.predicted_probability = 1.0 if result.predicted_class else 0.0
+            if not result.predicted_class:
+                result.prefilter_note = "no predicted class stored for this image: searched the whole collection"
+                return
+            if result.predicted_probability < threshold:
+                result.prefilter_note = (f"predicted {result.predicted_class} with probability "
+                                         f"{result.predicted_probability:.2f} < {threshold:.2f}: searched the whole "
+                                         f"collection")
+                return
+            chosen, note = result.predicted_class, "predicted class"
+        else:
+            return
+        if LABEL in filters and filters[LABEL] != chosen:
+            raise QueryRejected(Rejection.INVALID, f"filter label={filters[LABEL]!r} contradicts the prefilter "
+                                                   f"class {chosen!r}")
+        filters[LABEL] = chosen
+        result.prefilter_applied = True
+        result.prefilter_note = f"searched only label {chosen!r} ({note})"
+
+    def _rerank(self, collection: str, query: SearchQuery, hits: list[Hit], pixels: np.ndarray | None) -> list[Hit]:
+        """Re-order CNN candidates by descriptor L1 distance (seed 003); candidates without one go last."""
+        ids = [h.id for h in hits]
+        if pixels is not None:
+            query_descriptor = hog_descriptor(pixels)
+        else:
+            own = self._call_store(self.store.get_descriptors, collection, query.rerank, [str(query.id)])
+            if str(query.id) not in own:
+                raise QueryRejected(Rejection.PRECONDITION, f"image {query.id!r} has no {query.rerank} descriptor")
+            query_descriptor = own[str(query.id)]
+        found = self._call_store(self.store.get_descriptors, collection, query.rerank, ids)
+        have = [h for h in hits if h.id in found]
+        missing = [h for h in hits if h.id not in found]
+        if not have:
+            return missing
+        distances = l1_distances(query_descriptor, np.stack([found[h.id] for h in have]))
+        order = np.argsort(distances, kind="stable")
+        return [have[i] for i in order] + missing
+
+    def _stored_row(self, collection: str, image_id: str) -> dict:
         try:
             rows = self.store.get_rows(collection, [image_id])
         except InvalidFilterError:
@@ -208,7 +312,7 @@ class RetrievalEngine:
             raise QueryRejected(Rejection.UNAVAILABLE, str(error)) from None
         if image_id not in rows:
             raise QueryRejected(Rejection.NOT_FOUND, f"no image with id {image_id!r} in collection {collection!r}")
-        return np.asarray(rows[image_id][EMBEDDING], dtype=np.float32)
+        return rows[image_id]
 
     def describe(self, collection: str = "") -> CollectionInfo:
         name = collection or self.default_collection

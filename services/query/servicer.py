@@ -78,6 +78,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             prefilter=PREFILTER_OF.get(request.prefilter, Prefilter.OFF),
             prefilter_class=request.prefilter_class,
             exclude_query_id=request.exclude_query_id,
+            min_confidence=float(request.min_confidence),
+            rerank=request.rerank,
+            k_prep=int(request.k_prep),
         )
         if kind is None:
             raise QueryRejected(Rejection.INVALID, "give exactly one of: image bytes, vector, or id")
@@ -107,6 +110,8 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             predicted_class=result.predicted_class,
             predicted_probability=result.predicted_probability,
             prefilter_applied=result.prefilter_applied,
+            prefilter_note=result.prefilter_note,
+            reranked=result.reranked,
         )
 
     def _describe(self, request: Any) -> Any:

@@ -238,10 +238,6 @@ class MilvusStore:
         """A Milvus server searches only loaded collections (Lite always is)."""
         self._call(self.client.load_collection, name)
 
-    def drop_collection(self, name: str) -> None:
-        self._call(self.client.drop_collection, name)
-        self._index_cache.pop(name, None)
-
     def count(self, name: str) -> int:
         result = self._call(self.client.query, name, filter="", output_fields=["count(*)"])
         return int(result[0]["count(*)"])
@@ -268,6 +264,43 @@ class MilvusStore:
                 time.sleep(delay)
                 delay *= 2
         return 0
+
+    # -- re-ranking descriptors (a companion collection per descriptor kind) ---------------------------
+
+    def ensure_descriptor_collection(self, name: str, kind: str, dim: int) -> str:
+        """Create `<name>__<kind>`; it is only ever read by id, so a FLAT index is all it needs."""
+        companion = schema.descriptor_collection_name(name, kind)
+        if not self.has_collection(companion):
+            index_params = self.client.prepare_index_params()
+            index_params.add_index(field_name=schema.DESCRIPTOR, index_type="FLAT", metric_type="L2", params={})
+            self._call(self.client.create_collection, collection_name=companion,
+                       schema=schema.build_descriptor_schema(dim), index_params=index_params,
+                       consistency_level="Strong", properties={schema.PROPERTY_DESCRIPTOR_KIND: kind})
+        else:
+            self.load(companion)
+        return companion
+
+    def has_descriptors(self, name: str, kind: str) -> bool:
+        return self.has_collection(schema.descriptor_collection_name(name, kind))
+
+    def upsert_descriptors(self, name: str, kind: str, ids: Sequence[str], vectors: np.ndarray) -> int:
+        rows = [{schema.ID: i, schema.DESCRIPTOR: v} for i, v in zip(ids, np.asarray(vectors).tolist(), strict=True)]
+        return self.upsert(schema.descriptor_collection_name(name, kind), rows)
+
+    def get_descriptors(self, name: str, kind: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
+        result = self._call(self.client.query, schema.descriptor_collection_name(name, kind),
+                            filter=ids_expression(list(ids)), output_fields=[schema.ID, schema.DESCRIPTOR])
+        return {r[schema.ID]: np.asarray(r[schema.DESCRIPTOR], dtype=np.float32) for r in result}
+
+    def drop_collection(self, name: str) -> None:
+        """Drop a collection and its descriptor companions."""
+        for other in self.list_collections():
+            if other.startswith(f"{name}__"):
+                self._call(self.client.drop_collection, other)
+        self._call(self.client.drop_collection, name)
+        self._index_cache.pop(name, None)
 
     # -- reads ---------------------------------------------------------------------------------------
 

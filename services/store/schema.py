@@ -57,6 +57,22 @@ class Row:
     model_id: str = ""
 
 
+DESCRIPTOR = "descriptor"
+PROPERTY_DESCRIPTOR_KIND = "cbmir.descriptor_kind"
+
+
+def descriptor_collection_name(collection: str, kind: str) -> str:
+    """The companion collection holding `kind` descriptors (e.g. HOG) of the same ids, for re-ranking."""
+    return f"{collection}__{kind}"
+
+
+def build_descriptor_schema(dim: int) -> CollectionSchema:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(ID, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
+    schema.add_field(DESCRIPTOR, DataType.FLOAT_VECTOR, dim=dim)
+    return schema
+
+
 def build_schema(dim: int) -> CollectionSchema:
     """Schema with `label` as the partition key, so a class prefilter touches only that class's partition."""
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)

@@ -33,6 +33,7 @@ def service(tmp_path_factory, ray_local, breastmnist_png_archive: Path, model: E
     report = run_ingestion(IngestConfig(
         source=str(breastmnist_png_archive), milvus_uri=uri, collection=COLLECTION, actors=2, batch_size=16,
         split="train", limit=60, report_path=str(workdir / "report.json"), progress=False,
+        rerank_descriptor="hog",
     ))
     assert report.ingested == 60
     store = MilvusStore(uri)
@@ -163,3 +164,62 @@ def test_requests_are_counted_in_prometheus_metrics(service) -> None:
     client.search(vector=[0.1] * 1280, top_k=3)
     after = REGISTRY.get_sample_value("cbmir_requests_total", {"method": "Search", "code": "OK"})
     assert after == before + 1
+
+
+def test_hog_rerank_reorders_the_cnn_candidates_by_l1_distance(service) -> None:
+    from services.embedding.descriptors import hog_descriptor, l1_distances
+
+    client, store, archive = service
+    query = _train_images(archive)[4]
+    plain = client.search(image=query, top_k=20)
+    reranked = client.search(image=query, top_k=5, rerank="hog", k_prep=20)
+    assert reranked.reranked and reranked.timings.rerank_ms > 0
+    candidates = [h.id for h in plain.hits]
+    assert {h.id for h in reranked.hits} <= set(candidates)
+    descriptors = store.get_descriptors(COLLECTION, "hog", candidates)
+    query_hog = hog_descriptor(decode_image(query.read_bytes()).pixels)
+    distances = dict(zip(candidates, l1_distances(query_hog, np.stack([descriptors[i] for i in candidates])),
+                         strict=True))
+    expected = sorted(candidates, key=lambda i: distances[i])[:5]
+    assert [h.id for h in reranked.hits] == expected
+    assert reranked.hits[0].source.endswith(query.name)  # HOG distance to itself is 0
+
+
+def test_rerank_by_stored_id_uses_the_stored_descriptor(service) -> None:
+    client, _, archive = service
+    query_id = image_id(decode_image(_train_images(archive)[6].read_bytes()).content_key)
+    reply = client.search(id=query_id, top_k=3, rerank="hog")
+    assert reply.reranked and reply.hits[0].id == query_id
+
+
+def test_rerank_without_descriptors_is_a_failed_precondition(service, model: EmbeddingModel) -> None:
+    client, store, _ = service
+    store.ensure_collection("no_hog", model.identity.to_json(), model.dim)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.search(image=_train_images(service[2])[0], top_k=3, collection="no_hog", rerank="hog")
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--rerank-descriptor hog" in raised.value.details()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rerank": "sift"}, "unknown rerank"),
+    ({"rerank": "hog", "k_prep": 2}, "k_prep"),
+    ({"vector": [0.1] * 1280, "rerank": "hog"}, "not a vector"),
+    ({"min_confidence": 1.5}, "min_confidence"),
+])
+def test_bad_rerank_and_prefilter_options_are_invalid(service, kwargs, message) -> None:
+    client, _, archive = service
+    if "vector" not in kwargs:
+        kwargs["image"] = _train_images(archive)[0]
+    with pytest.raises(grpc.RpcError) as raised:
+        client.search(top_k=5, **kwargs)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in raised.value.details()
+
+
+def test_predicted_prefilter_needs_a_classifier_head(service) -> None:
+    client, _, archive = service
+    with pytest.raises(grpc.RpcError) as raised:
+        client.search(image=_train_images(archive)[0], top_k=5, prefilter="predicted")
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "classifier head" in raised.value.details()
