@@ -10,6 +10,7 @@ from services.store.milvus import (
     Hit,
     MilvusStore,
     ModelMismatchError,
+    StoreBusyError,
     StoreError,
     StoreUnavailableError,
     is_server_uri,
@@ -17,6 +18,6 @@ from services.store.milvus import (
 
 __all__ = [
     "DEFAULT_COLLECTION", "DEFAULT_URI", "INDEX_TYPES", "METRICS", "CollectionInfo", "CollectionNotFoundError",
-    "Hit", "IndexConfig", "InvalidFilterError", "MilvusStore", "ModelMismatchError", "StoreError",
+    "Hit", "IndexConfig", "InvalidFilterError", "MilvusStore", "ModelMismatchError", "StoreBusyError", "StoreError",
     "StoreUnavailableError", "build_filter_expression", "choose_index", "is_server_uri",
 ]

@@ -27,7 +27,14 @@ DEFAULT_URI = "./cbmir.db"
 DEFAULT_COLLECTION = "cbmir_images"
 # Milvus caps `id in [...]` lists and messages; keep each request well under both.
 ID_QUERY_CHUNK = 1000
-UPSERT_RETRIES = 5
+UPSERT_RETRIES = 6  # waits 0.5 + 1 + 2 + 4 + 8 s: rides out a Milvus restart's first seconds or a write quota burst
+DEFAULT_TIMEOUT = 10.0  # seconds per server call, retries included: a dead server fails fast, never hangs a caller
+# What Milvus says when it is (or its network is) unreachable, or when it is shedding load.
+_UNAVAILABLE_MARKERS = ("unavailable", "connect", "deadline", "timeout", "closed", "fail to", "not ready",
+                        "no available", "shutting down", "stopping")
+_BACKPRESSURE_MARKERS = ("rate limit", "ratelimit", "quota", "deny to write", "denied to write", "force deny",
+                         "memory limit", "disk limit", "too many requests", "resource exhausted")
+_RATE_LIMIT_CODES = {8, 9}  # ErrorCode.RATE_LIMIT, FORCE_DENY (write quotas of Milvus 2.3)
 
 
 class StoreError(Exception):
@@ -36,6 +43,25 @@ class StoreError(Exception):
 
 class StoreUnavailableError(StoreError):
     """Milvus cannot be reached (server down, wrong URI, or a Milvus Lite file held by another process)."""
+
+
+class StoreBusyError(StoreUnavailableError):
+    """Milvus refused the call to protect itself (rate limit, write quota, memory/disk limit): retry later."""
+
+
+def is_backpressure(error: Exception) -> bool:
+    """A quota / rate-limit refusal: transient by definition, so writes retry it with backoff."""
+    code = getattr(error, "code", None)
+    compatible = getattr(error, "compatible_code", None)
+    if code in _RATE_LIMIT_CODES or compatible in _RATE_LIMIT_CODES:
+        return True
+    text = _reason(error).lower()
+    return any(s in text for s in _BACKPRESSURE_MARKERS)
+
+
+def is_unreachable(error: Exception) -> bool:
+    text = _reason(error).lower()
+    return any(s in text for s in _UNAVAILABLE_MARKERS)
 
 
 class CollectionNotFoundError(StoreError):
@@ -105,7 +131,7 @@ def _lite_client(path: str) -> MilvusClient:
 class MilvusStore:
     """Collections of image embeddings with their labels; the only code that talks to Milvus."""
 
-    def __init__(self, uri: str = DEFAULT_URI, token: str = "", timeout: float = 10.0) -> None:
+    def __init__(self, uri: str = DEFAULT_URI, token: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
         self.uri = uri
         self.timeout = timeout
         if not is_server_uri(uri):
@@ -121,6 +147,7 @@ class MilvusStore:
         except MilvusException as error:
             raise _unavailable(uri, error) from None
         self._index_cache: dict[str, IndexConfig] = {}
+        self._server_version: str | None = None
 
     def close(self) -> None:
         if is_server_uri(self.uri):  # Lite clients are shared for the life of the process, see _lite_client
@@ -130,14 +157,38 @@ class MilvusStore:
     # -- collections -------------------------------------------------------------------------------
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a pymilvus call, turning connection failures into StoreUnavailableError."""
+        """Run a pymilvus call with a bounded deadline; unreachable → StoreUnavailableError, quota → StoreBusyError.
+
+        pymilvus retries a failing call up to 75 times with backoff unless given a timeout; with one (all its
+        retries included) a dead server fails in `self.timeout` seconds at most instead of minutes.
+        """
+        if is_server_uri(self.uri):
+            kwargs.setdefault("timeout", self.timeout)
         try:
             return fn(*args, **kwargs)
         except MilvusException as error:
-            text = _reason(error).lower()
-            if any(s in text for s in ("unavailable", "connect", "deadline", "timeout", "closed", "fail to")):
+            if is_backpressure(error):
+                raise StoreBusyError(f"Milvus at {self.uri} is shedding load: {_reason(error)} (retry later, or "
+                                     f"raise its quotas / add query nodes)") from None
+            if is_unreachable(error):
                 raise _unavailable(self.uri, error) from None
             raise
+
+    def _call_loaded(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`_call` on collection `name`, loading it first if Milvus says it is released.
+
+        A Milvus Lite file reopened by a new process, and a restarted Milvus server, hold their collections
+        released until someone loads them; reads would fail until then.
+        """
+        try:
+            return self._call(fn, *args, **kwargs)
+        except MilvusException as error:
+            text = _reason(error).lower()
+            if "not loaded" not in text and "released" not in text:
+                raise
+        log.warning("collection %s is not loaded; loading it", name)
+        self.load(name)
+        return self._call(fn, *args, **kwargs)
 
     def has_collection(self, name: str) -> bool:
         return bool(self._call(self.client.has_collection, name))
@@ -145,7 +196,8 @@ class MilvusStore:
     def list_collections(self) -> list[str]:
         return list(self._call(self.client.list_collections))
 
-    def create_collection(self, name: str, model_identity_json: str, dim: int, index: IndexConfig) -> None:
+    def create_collection(self, name: str, model_identity_json: str, dim: int, index: IndexConfig,
+                          id_salt_digest: str = "") -> None:
         index_params = self.client.prepare_index_params()
         index_params.add_index(
             field_name=schema.EMBEDDING,
@@ -162,6 +214,8 @@ class MilvusStore:
             properties={
                 schema.PROPERTY_MODEL_IDENTITY: model_identity_json,
                 schema.PROPERTY_SCHEMA_VERSION: schema.SCHEMA_VERSION,
+                schema.PROPERTY_SEARCH_PARAMS: json.dumps(index.search_params, sort_keys=True),
+                **({schema.PROPERTY_ID_SALT_DIGEST: id_salt_digest} if id_salt_digest else {}),
             },
         )
         log.info(
@@ -171,14 +225,29 @@ class MilvusStore:
         )
 
     def ensure_collection(
-        self, name: str, model_identity_json: str, dim: int, index: IndexConfig | None = None
+        self, name: str, model_identity_json: str, dim: int, index: IndexConfig | None = None,
+        id_salt_digest: str = "",
     ) -> None:
-        """Create the collection for this model, or check that an existing one belongs to the same model."""
+        """Create the collection for this model, or check that an existing one belongs to the same model and ids."""
         if self.has_collection(name):
             self.check_model(name, model_identity_json)
+            self.check_id_salt(name, id_salt_digest)
             self.load(name)
             return
-        self.create_collection(name, model_identity_json, dim, index or choose_index())
+        self.create_collection(name, model_identity_json, dim, index or choose_index(), id_salt_digest)
+
+    def id_salt_digest(self, name: str) -> str:
+        return self._describe(name).get("properties", {}).get(schema.PROPERTY_ID_SALT_DIGEST, "") or ""
+
+    def check_id_salt(self, name: str, id_salt_digest: str) -> None:
+        """Ids keyed with another salt would never match the stored ones: re-ingestion would duplicate every image."""
+        stored = self.id_salt_digest(name)
+        if stored != id_salt_digest:
+            have = f"salt digest {stored}" if stored else "no salt"
+            offered = f"salt digest {id_salt_digest}" if id_salt_digest else "no salt"
+            raise ModelMismatchError(
+                f"collection {name!r} keys its image ids with {have}, this run with {offered}: pass the same "
+                f"--id-salt (or CBMIR_ID_SALT) as the run that created it, or use another --collection")
 
     def check_model(self, name: str, model_identity_json: str) -> None:
         stored = self.model_identity_json(name)
@@ -206,17 +275,19 @@ class MilvusStore:
 
     def index_config(self, name: str) -> IndexConfig:
         if name not in self._index_cache:
-            self._describe(name)
+            properties = self._describe(name).get("properties", {})
             described = self._call(self.client.describe_index, name, schema.EMBEDDING)
             build = {k: _number(v) for k, v in described.items()
                      if k not in ("index_type", "metric_type", "field_name", "index_name", "total_rows",
                                   "indexed_rows", "pending_index_rows", "state", "params")}
             if isinstance(described.get("params"), dict):
                 build.update({k: _number(v) for k, v in described["params"].items()})
-            chosen = choose_index(described["index_type"], described["metric_type"], expected_rows=1)
-            search = chosen.search_params
-            if "nlist" in build:
-                search = {"nprobe": max(8, int(build["nlist"]) // 16)}
+            if properties.get(schema.PROPERTY_SEARCH_PARAMS):
+                search = json.loads(properties[schema.PROPERTY_SEARCH_PARAMS])
+            else:  # a collection made before search parameters were recorded: choose for its size now
+                chosen = choose_index(described["index_type"], described["metric_type"],
+                                      expected_rows=max(self.count(name), int(build.get("nlist", 1)) ** 2 // 16))
+                search = chosen.search_params
             self._index_cache[name] = IndexConfig(described["index_type"], described["metric_type"], build, search)
         return self._index_cache[name]
 
@@ -238,8 +309,15 @@ class MilvusStore:
         """A Milvus server searches only loaded collections (Lite always is)."""
         self._call(self.client.load_collection, name)
 
+    def ping(self, name: str) -> None:
+        """Raise StoreUnavailableError unless `name` can be read now (loading it if a restart released it)."""
+        try:
+            self.count(name)
+        except MilvusException as error:
+            raise _unavailable(self.uri, error) from None
+
     def count(self, name: str) -> int:
-        result = self._call(self.client.query, name, filter="", output_fields=["count(*)"])
+        result = self._call_loaded(name, self.client.query, name, filter="", output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
     def flush(self, name: str) -> None:
@@ -255,15 +333,38 @@ class MilvusStore:
         delay = 0.5
         for attempt in range(1, UPSERT_RETRIES + 1):
             try:
-                self._call(self.client.upsert, name, rows)
+                self._write(name, rows)
                 return len(rows)
-            except (StoreUnavailableError, MilvusException) as error:
+            except StoreUnavailableError as error:  # unreachable or busy (quota, rate limit): both pass
                 if attempt == UPSERT_RETRIES:
                     raise
-                log.warning("upsert failed, retrying", extra={"attempt": attempt, "error": _reason(error)})
+                log.warning("upsert failed, retrying", extra={"attempt": attempt, "retry_in_s": delay,
+                                                               "busy": isinstance(error, StoreBusyError),
+                                                               "error": str(error)})
                 time.sleep(delay)
                 delay *= 2
         return 0
+
+    def _write(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Upsert; on Milvus servers older than 2.3.10 delete-then-insert, because their upsert files rows by
+        the primary key's hash instead of the partition key, so a `label` filter would never find them
+        (milvus-io/milvus#30607). Ingestion skips stored ids, so the delete usually has nothing to do."""
+        if not self._upsert_misplaces_partition_key():
+            self._call(self.client.upsert, name, rows)
+            return
+        ids = [str(row[schema.ID]) for row in rows]
+        stale = self.existing_ids(name, ids)
+        if stale:
+            self._call(self.client.delete, name, filter=ids_expression(sorted(stale)))
+        self._call(self.client.insert, name, rows)
+
+    def _upsert_misplaces_partition_key(self) -> bool:
+        if self._server_version is None:
+            version = "lite"
+            if is_server_uri(self.uri):
+                version = str(self._call(self.client.get_server_version))
+            self._server_version = version
+        return self._server_version != "lite" and _version_tuple(self._server_version) < (2, 3, 10)
 
     # -- re-ranking descriptors (a companion collection per descriptor kind) ---------------------------
 
@@ -290,8 +391,9 @@ class MilvusStore:
     def get_descriptors(self, name: str, kind: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         if not ids:
             return {}
-        result = self._call(self.client.query, schema.descriptor_collection_name(name, kind),
-                            filter=ids_expression(list(ids)), output_fields=[schema.ID, schema.DESCRIPTOR])
+        companion = schema.descriptor_collection_name(name, kind)
+        result = self._call_loaded(companion, self.client.query, companion,
+                                   filter=ids_expression(list(ids)), output_fields=[schema.ID, schema.DESCRIPTOR])
         return {r[schema.ID]: np.asarray(r[schema.DESCRIPTOR], dtype=np.float32) for r in result}
 
     def drop_collection(self, name: str) -> None:
@@ -309,12 +411,13 @@ class MilvusStore:
         unique = sorted(set(ids))
         for start in range(0, len(unique), ID_QUERY_CHUNK):
             chunk = unique[start:start + ID_QUERY_CHUNK]
-            result = self._call(self.client.query, name, filter=ids_expression(chunk), output_fields=[schema.ID])
+            result = self._call_loaded(name, self.client.query, name, filter=ids_expression(chunk),
+                                       output_fields=[schema.ID])
             found.update(r[schema.ID] for r in result)
         return found
 
     def iter_ids(self, name: str, batch_size: int = 10_000) -> Iterator[str]:
-        iterator = self._call(self.client.query_iterator, name, batch_size=batch_size, filter="",
+        iterator = self._call_loaded(name, self.client.query_iterator, name, batch_size=batch_size, filter="",
                               output_fields=[schema.ID])
         try:
             while True:
@@ -329,7 +432,8 @@ class MilvusStore:
     def get_rows(self, name: str, ids: Sequence[str], with_vectors: bool = True) -> dict[str, dict[str, Any]]:
         self._describe(name)
         fields = [schema.ID, *schema.OUTPUT_FIELDS] + ([schema.EMBEDDING] if with_vectors else [])
-        result = self._call(self.client.query, name, filter=ids_expression(list(ids)), output_fields=fields)
+        result = self._call_loaded(name, self.client.query, name, filter=ids_expression(list(ids)),
+                                   output_fields=fields)
         return {r[schema.ID]: dict(r) for r in result}
 
     def search(
@@ -346,7 +450,8 @@ class MilvusStore:
         if exclude_ids:
             not_ids = f"not ({ids_expression(list(exclude_ids))})"
             expression = f"{expression} and {not_ids}" if expression else not_ids
-        result = self._call(
+        result = self._call_loaded(
+            name,
             self.client.search,
             name,
             data=np.asarray(vectors, dtype=np.float32).tolist(),
@@ -355,6 +460,9 @@ class MilvusStore:
             output_fields=list(schema.OUTPUT_FIELDS),
             search_params={"metric_type": index.metric, "params": search_params_for(index, top_k)},
             anns_field=schema.EMBEDDING,
+            # "Session": this client's own writes are visible, without "Strong"'s wait for the next time tick
+            # (~200 ms per search on a Milvus server).
+            consistency_level="Session",
         )
         higher_is_closer = index.higher_is_closer()
         return [
@@ -393,3 +501,13 @@ def _number(value: Any) -> Any:
     if isinstance(value, str) and value.lstrip("-").isdigit():
         return int(value)
     return value
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """"v2.3.5" / "2.3.5-dev" → (2, 3, 5); unparsable versions count as new."""
+    digits = []
+    for part in version.lstrip("vV").split("-")[0].split(".")[:3]:
+        if not part.isdigit():
+            return (99,)
+        digits.append(int(part))
+    return tuple(digits)

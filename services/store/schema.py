@@ -38,6 +38,9 @@ OUTPUT_FIELDS: tuple[str, ...] = tuple(SCALAR_FIELDS)
 # Collection properties written beside the data.
 PROPERTY_MODEL_IDENTITY = "cbmir.model_identity"
 PROPERTY_SCHEMA_VERSION = "cbmir.schema_version"
+PROPERTY_SEARCH_PARAMS = "cbmir.search_params"  # chosen at creation for the expected size (services/store/index.py)
+# A digest of the salt the ids were keyed with ("" or absent: unsalted sha256 ids); never the salt itself.
+PROPERTY_ID_SALT_DIGEST = "cbmir.id_salt_digest"
 SCHEMA_VERSION = "1"
 
 

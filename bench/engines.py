@@ -1,0 +1,224 @@
+"""Search engines under test behind one small interface: raw FAISS in process, Milvus Lite, a Milvus server.
+
+Vectors arrive unit-normalised, so inner product = cosine everywhere. Milvus collections are created by
+MilvusStore with the production schema (label = partition key); a label filter is the production prefilter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+from pymilvus.exceptions import MilvusException
+
+from services.store import IndexConfig, MilvusStore, choose_index
+from services.store import schema as store_schema
+
+ENGINES = ("faiss", "lite", "server")
+INSERT_BATCH = 2000
+
+
+def label_name(code: int) -> str:
+    return f"class{int(code)}"
+
+
+def index_config(index_type: str, n: int) -> IndexConfig:
+    """The store's own choice for this size (HNSW M=16/efC=200; IVF nlist ~ 4 sqrt N); COSINE like production."""
+    return choose_index(index_type, "COSINE", expected_rows=n)
+
+
+def sweep(config: IndexConfig) -> list[dict[str, int]]:
+    """Search parameters to try: the default and a few either side (ef for HNSW, nprobe for IVF)."""
+    if config.index_type == "HNSW":
+        return [{"ef": ef} for ef in (16, 32, 64, 128, 256)]
+    if config.index_type.startswith("IVF"):
+        nlist = int(config.build_params["nlist"])
+        probes = sorted({max(1, nlist // d) for d in (64, 32, 16, 8, 4)})
+        return [{"nprobe": p} for p in probes]
+    return [{}]
+
+
+@dataclass
+class BuildStats:
+    insert_s: float = 0.0
+    index_s: float = 0.0
+    rows: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def insert_rows_per_s(self) -> float:
+        return self.rows / self.insert_s if self.insert_s else float("nan")
+
+
+class FaissEngine:
+    """The reference: the index itself, in process, no client, no serialisation."""
+
+    name = "faiss"
+
+    def __init__(self) -> None:
+        self.index: Any = None
+        self.selectors: dict[str, Any] = {}
+        self.config: IndexConfig | None = None
+
+    def load(self, vectors: np.ndarray, labels: np.ndarray) -> BuildStats:
+        self.vectors, self.labels = vectors, labels
+        for code in np.unique(labels):
+            ids = np.flatnonzero(labels == code).astype(np.int64)
+            self.selectors[label_name(code)] = (faiss.IDSelectorBatch(ids), ids)  # keep ids alive with it
+        return BuildStats(rows=len(vectors))
+
+    def build(self, config: IndexConfig) -> float:
+        self.drop_index()
+        dim = self.vectors.shape[1]
+        faiss.omp_set_num_threads(faiss.omp_get_max_threads())
+        started = time.perf_counter()
+        ip = faiss.METRIC_INNER_PRODUCT
+        if config.index_type == "HNSW":
+            index = faiss.IndexHNSWFlat(dim, int(config.build_params["M"]), ip)
+            index.hnsw.efConstruction = int(config.build_params["efConstruction"])
+        elif config.index_type in ("IVF_FLAT", "IVF_SQ8"):
+            nlist = int(config.build_params["nlist"])
+            quantizer = faiss.IndexFlatIP(dim)
+            if config.index_type == "IVF_FLAT":
+                index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
+            else:
+                index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit, ip)
+            index.own_fields = True
+            quantizer.this.disown()
+            train = self.vectors[np.random.default_rng(0).choice(len(self.vectors), min(len(self.vectors),
+                                                                 max(nlist * 39, 10_000)), replace=False)]
+            index.train(train)
+        else:
+            index = faiss.IndexFlatIP(dim)
+        index.add(self.vectors)
+        self.index, self.config = index, config
+        return time.perf_counter() - started
+
+    def search(self, query: np.ndarray, k: int, params: dict[str, int], label: str | None) -> list[int]:
+        # OpenMP's thread count is per calling thread: each client thread must ask for 1, or two-thread OpenMP
+        # teams per client oversubscribe the cores and spin (QPS collapsed 10-50x at 4 and 16 clients).
+        faiss.omp_set_num_threads(1)
+        selector = self.selectors[label][0] if label else None
+        if self.config.index_type == "HNSW":
+            sp = faiss.SearchParametersHNSW(efSearch=max(int(params["ef"]), k), sel=selector)
+        elif self.config.index_type.startswith("IVF"):
+            sp = faiss.SearchParametersIVF(nprobe=int(params["nprobe"]), sel=selector)
+        else:
+            sp = faiss.SearchParameters(sel=selector) if selector else None
+        _, ids = self.index.search(query.reshape(1, -1), k, params=sp)
+        return [int(i) for i in ids[0] if i >= 0]
+
+    def prepare_search(self) -> None:
+        # One query per call, one thread per call: concurrency comes from the clients, as with Milvus.
+        faiss.omp_set_num_threads(1)
+
+    def memory_bytes(self) -> int:
+        return int(faiss.serialize_index(self.index).nbytes) if self.index is not None else 0
+
+    def drop_index(self) -> None:
+        self.index = None
+
+    def close(self) -> None:
+        self.drop_index()
+
+
+class MilvusEngine:
+    """Milvus Lite (a .db path) or a Milvus server (http://...) through MilvusStore and its pymilvus client."""
+
+    def __init__(self, name: str, uri: str, collection: str = "bench") -> None:
+        self.name = name
+        self.uri = uri
+        self.collection = collection
+        self.store = MilvusStore(uri, timeout=600)
+        self.client = self.store.client
+        self.config: IndexConfig | None = None
+        self.dim = 0
+
+    def load(self, vectors: np.ndarray, labels: np.ndarray) -> BuildStats:
+        """Create the collection (production schema) and insert every row once; indexes are (re)built later."""
+        self.dim = vectors.shape[1]
+        if self.store.has_collection(self.collection):
+            self.store.drop_collection(self.collection)
+        identity = json.dumps({"architecture": "bench", "weights_sha256": "none", "dim": self.dim,
+                               "preprocessing": {}})
+        self.store.ensure_collection(self.collection, identity, self.dim, choose_index("FLAT", "COSINE"))
+        empty = {name: "" for name in store_schema.SCALAR_FIELDS}
+        started = time.perf_counter()
+        for start in range(0, len(vectors), INSERT_BATCH):
+            stop = min(len(vectors), start + INSERT_BATCH)
+            rows = [{**empty, "id": str(i), "embedding": vectors[i].tolist(), "label": label_name(labels[i])}
+                    for i in range(start, stop)]
+            # insert, not MilvusStore.upsert: the rows are new, and Milvus 2.3.5's upsert puts rows of a
+            # partition-key collection into the wrong partition (milvus-io/milvus#30607, fixed in 2.3.10).
+            self.client.insert(self.collection, rows)
+        self.store.flush(self.collection)
+        insert_s = time.perf_counter() - started
+        count = self.store.count(self.collection)
+        if count != len(vectors):
+            raise RuntimeError(f"{self.name}: inserted {len(vectors)} rows but the collection counts {count}")
+        return BuildStats(insert_s=insert_s, rows=len(vectors))
+
+    def build(self, config: IndexConfig) -> float:
+        """Replace the vector index (release, drop, create, wait until every row is indexed, load)."""
+        started = time.perf_counter()
+        self.client.release_collection(self.collection)
+        for name in self.client.list_indexes(self.collection):
+            self.client.drop_index(self.collection, name)
+        params = self.client.prepare_index_params()
+        params.add_index(field_name=store_schema.EMBEDDING, index_type=config.index_type, metric_type=config.metric,
+                         params=config.build_params)
+        try:
+            self.client.create_index(self.collection, params)
+        except MilvusException as error:
+            # Milvus Lite builds inside the call; when that outlasts the RPC deadline pymilvus retries, and the
+            # retry finds the index the first attempt made.
+            if "already exists" not in str(error):
+                raise
+        self._wait_indexed()
+        self.client.load_collection(self.collection)
+        self.config = config
+        return time.perf_counter() - started
+
+    def _wait_indexed(self, timeout: float = 7200) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.client.describe_index(self.collection, store_schema.EMBEDDING)
+            total, indexed = int(info.get("total_rows", 0)), int(info.get("indexed_rows", 0))
+            if info.get("state") in (None, "Finished") and indexed >= total:
+                return
+            if info.get("state") == "Failed":
+                raise RuntimeError(f"{self.name}: index build failed: {info}")
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name}: index not built after {timeout} s")
+
+    def search(self, query: np.ndarray, k: int, params: dict[str, int], label: str | None) -> list[int]:
+        if self.config.index_type == "HNSW":
+            params = {"ef": max(int(params["ef"]), k)}
+        result = self.client.search(
+            self.collection, data=[query.tolist()], limit=k, anns_field=store_schema.EMBEDDING,
+            filter=f'label == "{label}"' if label else "", output_fields=[],
+            search_params={"metric_type": "COSINE", "params": params},
+            # Bounded, not the collection's Strong: on a server, Strong waits for the next time tick
+            # (proxy.timeTickInterval, 200 ms) on every search; the bench measures search, not that wait.
+            consistency_level="Bounded",
+        )
+        return [int(hit["id"]) for hit in result[0]]
+
+    def prepare_search(self) -> None:
+        pass
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    def drop_index(self) -> None:
+        pass
+
+    def close(self) -> None:
+        try:
+            self.store.drop_collection(self.collection)
+        finally:
+            self.store.close()

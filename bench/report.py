@@ -1,0 +1,127 @@
+"""Benchmark outputs: the machine and versions, the JSON record, a printed table, PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("pymilvus", "milvus-lite", "milvus", "faiss-cpu", "numpy", "torch")
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx512f", "amx", "avx2"))]
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {"cpu": cpu or platform.processor(),
+            "cores": os.cpu_count(), "cpu_flags": sorted(set(flags)), "ram_gib": round(ram / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else []}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def write_json(record: dict[str, Any], out_dir: Path) -> Path:
+    path = out_dir / "search.json"
+    path.write_text(json.dumps(record, indent=2, default=float))
+    return path
+
+
+def table(record: dict[str, Any]) -> str:
+    """One row per (engine, N, index) at its default search parameters, unfiltered and with the label filter."""
+    builds = {(b["engine"], b["n"], b["index_type"]): b for b in record["builds"]}
+    defaults = [m for m in record["measurements"] if m["qps"] or m["filtered"]]
+    header = (f"{'engine':7s} {'N':>8s} {'index':9s} {'params':14s} {'filter':6s} {'recall@10':>9s} {'p50 ms':>7s} "
+              f"{'p95 ms':>7s} {'p99 ms':>7s} {'QPS@1':>7s} {'QPS@4':>7s} {'QPS@16':>7s} {'insert/s':>9s} "
+              f"{'build s':>8s}")
+    lines = [header, "-" * len(header)]
+    for m in sorted(defaults, key=lambda m: (m["n"], m["index_type"], m["engine"], m["filtered"])):
+        b = builds.get((m["engine"], m["n"], m["index_type"]), {})
+        qps = {q["clients"]: q["qps"] for q in m["qps"]}
+        params = ",".join(f"{k}={v}" for k, v in m["search_params"].items()) or "-"
+        insert = b.get("insert_rows_per_s", float("nan"))
+        lines.append(
+            f"{m['engine']:7s} {m['n']:>8d} {m['index_type']:9s} {params:14s} {'label' if m['filtered'] else '-':6s} "
+            f"{m['recall']:>9.3f} {m['latency']['p50_ms']:>7.2f} {m['latency']['p95_ms']:>7.2f} "
+            f"{m['latency']['p99_ms']:>7.2f} {_q(qps, 1)} {_q(qps, 4)} {_q(qps, 16)} "
+            f"{'-' if insert != insert else f'{insert:.0f}':>9s} {b.get('index_build_s', float('nan')):>8.1f}")
+    return "\n".join(lines)
+
+
+def _q(qps: dict[int, float], clients: int) -> str:
+    return f"{qps[clients]:>7.0f}" if clients in qps else f"{'-':>7s}"
+
+
+def plots(record: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = record["measurements"]
+    written = []
+    index_types = sorted({m["index_type"] for m in ms})
+    # Latency vs N, one panel per index, one line per engine (default params, unfiltered).
+    fig, axes = plt.subplots(1, len(index_types), figsize=(4 * len(index_types), 3.6), squeeze=False)
+    for ax, index_type in zip(axes[0], index_types, strict=True):
+        for engine in sorted({m["engine"] for m in ms}):
+            points = sorted((m["n"], m["latency"]["p50_ms"], m["latency"]["p99_ms"]) for m in ms
+                            if m["engine"] == engine and m["index_type"] == index_type and m["qps"]
+                            and not m["filtered"])
+            if points:
+                n, p50, p99 = zip(*points, strict=True)
+                line, = ax.plot(n, p50, marker="o", label=f"{engine} p50")
+                ax.plot(n, p99, marker="x", linestyle="--", color=line.get_color(), label=f"{engine} p99")
+        ax.set(xscale="log", yscale="log", title=index_type, xlabel="vectors (N)", ylabel="latency (ms)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "latency_vs_n.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    # Recall vs QPS (1 client, from serial latency), one panel per N, one curve per engine+index over the sweep.
+    sizes = sorted({m["n"] for m in ms})
+    colours = {t: f"C{i}" for i, t in enumerate(index_types)}
+    styles = {"faiss": ("-", "o"), "lite": (":", "s"), "server": ("--", "^")}
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, n in zip(axes[0], sizes, strict=True):
+        for engine in sorted({m["engine"] for m in ms}):
+            for index_type in index_types:
+                # in sweep order (ef / nprobe rising), so each curve is one index's speed-recall trade
+                curve = [(1000.0 / m["latency"]["mean_ms"], m["recall"]) for m in ms
+                         if m["n"] == n and m["engine"] == engine and m["index_type"] == index_type
+                         and not m["filtered"]]
+                if curve:
+                    qps, recall = zip(*curve, strict=True)
+                    linestyle, marker = styles.get(engine, ("-", "."))
+                    ax.plot(qps, recall, linestyle=linestyle, marker=marker, markersize=4,
+                            color=colours[index_type], label=f"{engine} {index_type}")
+        ax.set(xscale="log", title=f"N = {n:,}", xlabel="QPS, 1 client (1 / mean latency)", ylabel="recall@10")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out_dir / "recall_vs_qps.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written

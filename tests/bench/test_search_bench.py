@@ -1,0 +1,61 @@
+"""A tiny end-to-end `cbmir bench search`: FAISS and Milvus Lite, one index, JSON + PNG + table written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.cli import main
+
+
+def test_bench_search_writes_json_plots_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "search", "--sizes", "2000", "--dim", "32", "--engines", "faiss,lite",
+                 "--index-types", "HNSW", "--queries", "40", "--budget", "0.5", "--clients", "1,4",
+                 "--qps-seconds", "0.2", "--out", str(tmp_path)])
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    record = json.loads((run_dir / "search.json").read_text())
+    assert {"machine", "versions", "config", "builds", "measurements"} <= set(record)
+    assert record["machine"]["cores"] >= 1 and record["versions"]["faiss-cpu"] != "absent"
+    engines = {m["engine"] for m in record["measurements"]}
+    assert engines == {"faiss", "lite"}
+    for m in record["measurements"]:
+        assert 0.9 <= m["recall"] <= 1.0          # HNSW on 2000 vectors is near exact
+        assert m["latency"]["p50_ms"] <= m["latency"]["p99_ms"]
+    swept = [m["search_params"]["ef"] for m in record["measurements"] if m["engine"] == "faiss" and not m["filtered"]]
+    assert swept == [16, 32, 64, 128, 256]
+    assert any(m["filtered"] for m in record["measurements"])
+    assert [q["clients"] for m in record["measurements"] for q in m["qps"] if m["engine"] == "lite"] == [1, 4]
+    for png in ("latency_vs_n.png", "recall_vs_qps.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+    assert not (run_dir / "work").exists()
+    out = capsys.readouterr().out
+    assert "recall@10" in out and "lite" in out and "faiss" in out
+
+
+def test_bench_sizes_above_the_lite_cap_skip_lite_and_say_so(tmp_path: Path) -> None:
+    from bench.search import SearchBenchConfig, run
+
+    config = SearchBenchConfig(sizes=(600,), dim=8, engines=("lite",), index_types=("FLAT",), queries=10,
+                               budget_s=0.1, clients=(1,), qps_seconds=0.1, lite_max_rows=500,
+                               workdir=str(tmp_path))
+    record = run(config, progress=lambda line: None)
+    assert record["measurements"] == [] and "lite-max-rows" in record["skipped"][0]
+
+
+def test_real_embeddings_file_is_used_and_too_small_a_file_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from bench.search import SearchBenchConfig, dataset
+
+    path = tmp_path / "real.npz"
+    np.savez(path, embeddings=np.random.default_rng(0).random((300, 16), dtype=np.float32),
+             labels=np.array(["a", "b", "c"] * 100))
+    config = SearchBenchConfig(vectors=str(path), dim=16, queries=50)
+    base, labels, queries, _ = dataset(config, 250)
+    assert base.shape == (250, 16) and queries.shape == (50, 16) and set(labels) == {0, 1, 2}
+    assert np.allclose(np.linalg.norm(base, axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="holds 300 vectors"):
+        dataset(config, 251)
