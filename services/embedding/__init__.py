@@ -7,6 +7,7 @@ from services.embedding.decode import (
     ImageDecodeError,
     decode_array,
     decode_image,
+    id_salt_digest,
     image_id,
 )
 from services.embedding.model import EmbeddingModel, ModelIdentity, WeightsError, list_backbones
@@ -24,6 +25,7 @@ __all__ = [
     "WeightsError",
     "decode_array",
     "decode_image",
+    "id_salt_digest",
     "image_id",
     "list_backbones",
     "to_batch_tensor",

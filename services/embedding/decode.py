@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -37,9 +38,22 @@ class DecodedImage:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def image_id(content_key: str) -> str:
-    """The store's primary key for an image: first 32 hex chars of sha256(content_key)."""
+def image_id(content_key: str, salt: str = "") -> str:
+    """The store's primary key for an image: first 32 hex chars of sha256(content_key), or of
+    HMAC-SHA256(salt, content_key) with a salt (then an id reveals nothing about the DICOM UID it came from)."""
+    if salt:
+        return hmac.new(salt.encode("utf-8"), content_key.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
     return hashlib.sha256(content_key.encode("utf-8")).hexdigest()[:32]
+
+
+def id_salt_digest(salt: str) -> str:
+    """What a collection records about its id salt so ingest and serve can check they agree ("" = unsalted).
+
+    A digest of the salt, never the salt; with a random salt of 16+ characters it cannot be reversed.
+    """
+    if not salt:
+        return ""
+    return hashlib.sha256(b"cbmir-id-salt-v1\0" + salt.encode("utf-8")).hexdigest()[:16]
 
 
 def _metadata(**values: str) -> dict[str, str]:

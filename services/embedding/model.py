@@ -166,6 +166,25 @@ def build_backbone(spec: BackboneSpec, weights: str | None, random_init: bool) -
     return module, sha256_of_file(bundled_efficientnet_lite0_path())
 
 
+def _read_trained_checkpoint(weights: str) -> Any:
+    """The parsed `cbmir train` checkpoint at `weights`, or None for any other file (a plain state dict, or a
+    file the ordinary weights path will report on)."""
+    from services.embedding.checkpoint import CheckpointError, is_checkpoint_object, parse_checkpoint, read_raw
+
+    if not Path(weights).is_file():
+        return None
+    try:
+        obj = read_raw(weights)
+    except Exception:  # unreadable: let _read_weights_file raise its explanatory WeightsError
+        return None
+    if not is_checkpoint_object(obj):
+        return None
+    try:
+        return parse_checkpoint(obj, weights)
+    except CheckpointError as exc:
+        raise WeightsError(str(exc)) from exc
+
+
 # ---------------------------------------------------------------------------------------------- precision
 
 
@@ -203,11 +222,19 @@ class EmbeddingModel:
     precision: str
 
     def __init__(self, module: nn.Module, spec: BackboneSpec, weights_sha256: str, device: str,
-                 precision: str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 precision: str, batch_size: int = DEFAULT_BATCH_SIZE, *, classes: list[str] | None = None,
+                 architecture: str | None = None, dim: int | None = None, input_size: int | None = None,
+                 tta: bool = False) -> None:
+        # classes is None for a plain backbone; a trained checkpoint's module returns (embedding, logits).
         self.spec = spec
-        self.dim = spec.dim
-        self.preprocessing = Preprocessing(input_size=spec.input_size, mean=spec.mean, std=spec.std)
-        self.identity = ModelIdentity(architecture=spec.name, weights_sha256=weights_sha256, dim=spec.dim,
+        self.classes = list(classes) if classes is not None else None
+        self.tta = tta
+        self.unit_norm = False  # True when embeddings are L2-normalised (a metric-learning projection head)
+        self.dim = dim if dim is not None else spec.dim
+        self.preprocessing = Preprocessing(input_size=input_size or spec.input_size, mean=spec.mean, std=spec.std)
+        # Test-time augmentation changes the vectors, so it is part of the architecture in the identity.
+        arch = (architecture or spec.name) + ("+tta-hflip" if tta else "")
+        self.identity = ModelIdentity(architecture=arch, weights_sha256=weights_sha256, dim=self.dim,
                                       preprocessing=self.preprocessing.to_dict(), precision=precision)
         self.device = device
         self.precision = precision
@@ -223,17 +250,28 @@ class EmbeddingModel:
 
     @classmethod
     def load(cls, backbone: str = "efficientnet_lite0", weights: str | None = None, random_init: bool = False,
-             device: str = "cpu", precision: str = "auto", num_threads: int | None = None) -> EmbeddingModel:
+             device: str = "cpu", precision: str = "auto", num_threads: int | None = None,
+             tta: bool = False) -> EmbeddingModel:
+        """A backbone with bundled or file weights, or a `cbmir train` checkpoint (weights=PATH to it).
+
+        A checkpoint carries its backbone; `backbone` must name the same one (WeightsError otherwise), so a
+        command line never silently serves a model other than the one it names. tta=True averages each
+        embedding (and class probabilities) over the image and its horizontal mirror.
+        """
         spec = get_backbone(backbone)
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         resolved = resolve_precision(precision, device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-        module, digest = build_backbone(spec, weights, random_init)
-        model = cls(module, spec, digest, device, resolved)
-        log.info("loaded %s weights=%s precision=%s device=%s model_id=%s", spec.name, digest[:12], resolved,
-                 device, model.identity.model_id)
+        trained = _read_trained_checkpoint(weights) if weights is not None and not random_init else None
+        if trained is not None:
+            model = cls._from_checkpoint(trained, spec, device, resolved, tta)
+        else:
+            module, digest = build_backbone(spec, weights, random_init)
+            model = cls(module, spec, digest, device, resolved, tta=tta)
+        log.info("loaded %s weights=%s precision=%s device=%s model_id=%s", model.identity.architecture,
+                 model.identity.weights_sha256[:12], resolved, device, model.identity.model_id)
         return model
 
     @property
@@ -251,14 +289,76 @@ class EmbeddingModel:
         for start in range(0, len(images), self.batch_size):
             yield images[start:start + self.batch_size]
 
-    def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
-        """Already preprocessed N x 3 x S x S batch -> N x dim float32 tensor on the CPU."""
+    @classmethod
+    def _from_checkpoint(cls, ckpt: Any, spec: BackboneSpec, device: str, precision: str,
+                         tta: bool) -> EmbeddingModel:
+        from services.embedding.checkpoint import CheckpointError, net_from_checkpoint
+
+        if ckpt.backbone != spec.name:
+            raise WeightsError(f"checkpoint {ckpt.path} was trained on backbone {ckpt.backbone}, not {spec.name}: "
+                               f"pass --backbone {ckpt.backbone} (backbone={ckpt.backbone!r}) with it")
+        try:
+            net = net_from_checkpoint(ckpt, spec)
+        except CheckpointError as exc:
+            raise WeightsError(str(exc)) from exc
+        model = cls(net, spec, sha256_of_file(ckpt.path), device, precision, classes=ckpt.classes,
+                    architecture=ckpt.architecture, dim=ckpt.dim, input_size=ckpt.input_size, tta=tta)
+        model.unit_norm = ckpt.kind == "projection"
+        return model
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.module(x)
+        if self.classes is None:
+            return out, None
+        embedding, logits = out
+        return embedding, logits
+
+    def embed_and_predict_tensor(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Preprocessed batch -> (N x dim embeddings, N x C softmax probabilities or None), one forward pass."""
         x = batch.to(self._torch_device, non_blocking=True)
         if self._torch_device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            out = self.module(x)
-        return out.float().cpu()
+            embedding, logits = self._forward(x)
+            if self.tta:
+                flipped_embedding, flipped_logits = self._forward(torch.flip(x, dims=(3,)))
+                embedding = (embedding.float() + flipped_embedding.float()) / 2
+                if self.unit_norm:
+                    embedding = torch.nn.functional.normalize(embedding, dim=1)
+                if logits is not None and flipped_logits is not None:
+                    probs = (torch.softmax(logits.float(), 1) + torch.softmax(flipped_logits.float(), 1)) / 2
+                    return embedding.float().cpu(), probs.cpu()
+        probs = torch.softmax(logits.float(), 1).cpu() if logits is not None else None
+        return embedding.float().cpu(), probs
+
+    def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        """Already preprocessed N x 3 x S x S batch -> N x dim float32 tensor on the CPU."""
+        return self.embed_and_predict_tensor(batch)[0]
+
+    def _require_classes(self) -> list[str]:
+        if self.classes is None:
+            raise ValueError(f"model {self.identity.architecture} has no classifier head: train one with "
+                             "`cbmir train` and load its checkpoint (--weights runs/NAME/best.pt)")
+        return self.classes
+
+    def embed_and_predict(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded images -> ((N, dim) embeddings as `embed` gives them, (N, C) class probabilities in the order
+        of `classes`), from one forward pass per batch."""
+        classes = self._require_classes()
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32), np.zeros((0, len(classes)), dtype=np.float32)
+        embeddings, probabilities = [], []
+        for chunk in self._chunks(images):
+            embedding, probs = self.embed_and_predict_tensor(to_batch_tensor(chunk, self.preprocessing))
+            assert probs is not None
+            embeddings.append(embedding.numpy())
+            probabilities.append(probs.numpy())
+        return (np.ascontiguousarray(np.concatenate(embeddings), dtype=np.float32),
+                np.ascontiguousarray(np.concatenate(probabilities), dtype=np.float32))
+
+    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Decoded images -> (N, C) softmax probabilities in the order of `classes`."""
+        return self.embed_and_predict(images)[1]
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Decoded images (float HxW / HxWx3 in [0, 1]) -> (N, dim) float32, not normalised."""
