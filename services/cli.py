@@ -84,29 +84,49 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, ray_address=args.ray_address, index_type=args.index, metric=args.metric,
         dataset=args.dataset, manifest=args.manifest, image_column=args.image_column,
         label_column=args.label_column, split=args.split, limit=args.limit, report_path=args.report,
-        progress=not args.no_progress, rerank_descriptor=args.rerank_descriptor,
+        progress=not args.no_progress, rerank_descriptor=args.rerank_descriptor, id_salt=args.id_salt,
+        flush_rows=args.flush_rows,
     )
     report = run_ingestion(config)
     print(report.summary())
     return 0
 
 
+def _server_options(args: argparse.Namespace) -> Any:
+    """TLS, tokens, audit and limits of `cbmir serve`; refuses unsafe combinations before anything loads."""
+    from services.query.auth import Authenticator, load_tokens
+    from services.query.server import ServerOptions
+    from services.query.tls import check_plaintext_allowed, server_tls_from_flags
+
+    tls = server_tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+    authenticator = Authenticator(load_tokens(args.auth_tokens_file))
+    check_plaintext_allowed(args.host, tls, authenticator.enabled, args.insecure)
+    return ServerOptions(tls=tls, authenticator=authenticator, insecure=args.insecure, audit_log=args.audit_log,
+                         max_concurrent_rpcs=args.max_concurrent_rpcs, store_check_seconds=args.store_check_seconds)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from services.embedding import id_salt_digest
     from services.query.engine import RetrievalEngine
     from services.query.metrics import serve_metrics
     from services.query.server import serve_forever, start_server
     from services.store import MilvusStore
 
-    store = MilvusStore(args.milvus_uri, token=args.milvus_token)
+    options = _server_options(args)
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout)
     model = _load_model(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
                              max_image_bytes=args.max_image_mb * 1024 * 1024,
                              min_confidence=args.prefilter_min_confidence)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
+    if args.id_salt:
+        store.check_id_salt(args.collection, id_salt_digest(args.id_salt))
     serve_metrics(args.metrics_port, args.metrics_host)
     running = start_server(engine, host=args.host, port=args.port, max_message_mb=args.max_message_mb,
-                           workers=args.workers)
-    print(f"cbmir serving {args.collection} on {args.host}:{running.port} "
+                           workers=args.workers, options=options)
+    transport = "mutual TLS" if options.tls and options.tls.mutual else "TLS" if options.tls else "plain text"
+    print(f"cbmir serving {args.collection} on {args.host}:{running.port} over {transport}"
+          f"{', token auth' if options.authenticator.enabled else ''} "
           f"(model {model.identity.architecture} {model.identity.model_id}); Ctrl-C stops", file=sys.stderr)
     serve_forever(running)
     store.close()
@@ -146,7 +166,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     from services.query.client import RetrievalClient
 
-    with RetrievalClient(args.target, timeout=args.timeout) as client:
+    token = _read_token(args.token_file)
+    with RetrievalClient(args.target, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                         tls_key=args.tls_key, tls_server_name=args.tls_server_name, token=token) as client:
         try:
             kwargs: dict[str, Any] = {"id": args.id} if args.id else {"image": Path(args.image)}
             reply = client.search(top_k=args.k, collection=args.collection, filters=_parse_filters(args.filter),
@@ -161,6 +183,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         print_hits(reply)
     return 0
+
+
+def _read_token(path: str | None) -> str | None:
+    """The bearer token: first line of --token-file, else $CBMIR_TOKEN (never a flag value: `ps` would show it)."""
+    if path:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+        token = lines[0].strip()
+        if ":" in token:  # a line of the server's tokens file, name:token
+            token = token.partition(":")[2].strip()
+        return token or None
+    return os.environ.get("CBMIR_TOKEN") or None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -181,6 +214,31 @@ def cmd_info(args: argparse.Namespace) -> int:
               f"{json.dumps(info.index_params)}; model {identity.get('architecture')} "
               f"weights {str(identity.get('weights_sha256'))[:12]}")
     store.close()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from services.embedding.training import TrainConfig, train
+
+    config = TrainConfig(
+        source=args.source, out_dir=args.out, split=args.split or None, val_split=args.val_split,
+        val_fraction=args.val_fraction, label_column=args.label_column, image_column=args.image_column,
+        manifest=args.manifest, group_column=args.group_column, folds=args.folds, fold=args.fold, limit=args.limit,
+        backbone=args.backbone, weights=args.weights, random_init=args.random_init, input_size=args.input_size,
+        loss=args.loss, embedding_dim=args.embedding_dim, epochs=args.epochs, batch_size=args.batch_size,
+        lr_backbone=args.lr_backbone, lr_head=args.lr_head, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, margin=args.margin, patience=args.patience, select=args.select,
+        freeze_blocks=args.freeze_blocks, views=args.views, precision=args.precision, seed=args.seed,
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
+    print(f"trained {result.epochs_run} epochs; best epoch {result.best_epoch}: val acc {best.get('val_acc', 0):.4f}, "
+          f"val mAP@10 {best.get('val_map10', 0):.4f}")
+    print(f"checkpoint: {result.best_path}  (use: --weights {result.best_path} --backbone {config.backbone})")
     return 0
 
 
@@ -290,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
     ingest.add_argument("--rerank-descriptor", default="", choices=["", "hog"],
                         help="also store HOG descriptors (1764 floats per image) so searches can --rerank hog")
+    ingest.add_argument("--id-salt", default=os.environ.get("CBMIR_ID_SALT", ""),
+                        help="secret that keys the image ids (HMAC-SHA256 of the DICOM SOPInstanceUID / pixels); "
+                             "prefer env CBMIR_ID_SALT. The collection records a digest of it, and later runs must "
+                             "pass the same salt (default: env CBMIR_ID_SALT, else unsalted sha256 ids)")
+    ingest.add_argument("--flush-rows", type=int, default=512,
+                        help="rows per upsert; what a crash can lose and the rerun redoes (default %(default)s)")
     _add_logging_flags(ingest)
     ingest.set_defaults(func=cmd_ingest)
 
@@ -312,6 +376,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=9108,
                        help="Prometheus /metrics port, 0 disables (default %(default)s)")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus listen address")
+    security = serve.add_argument_group(
+        "security", "Plain text is allowed on loopback (127.0.0.1, ::1, localhost) only. Any other --host needs "
+                    "--tls-cert/--tls-key and client authentication (--auth-tokens-file or --tls-client-ca), or "
+                    "--insecure. Health checks need no token (probes).")
+    security.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate chain (enables TLS)")
+    security.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
+    security.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                          help="CA bundle for client certificates: enables mutual TLS (clients must present one)")
+    security.add_argument("--auth-tokens-file", default=os.environ.get("CBMIR_AUTH_TOKENS_FILE"), metavar="PATH",
+                          help="bearer tokens, one per line as name:token (or a bare token); calls must send "
+                               "'authorization: Bearer <token>'. Env CBMIR_AUTH_TOKENS (comma separated) adds more")
+    security.add_argument("--insecure", action="store_true",
+                          help="allow plain text / unauthenticated clients on a non-loopback --host (behind a "
+                               "trusted TLS-terminating proxy only)")
+    security.add_argument("--audit-log", default=None, metavar="PATH",
+                          help="append one JSON line per RPC: time, caller, request kind, k, filters, prefilter, "
+                               "result ids, latency, status (never pixels, never tokens)")
+    security.add_argument("--id-salt", default=os.environ.get("CBMIR_ID_SALT", ""),
+                          help="check that the collection's ids were keyed with this salt (env CBMIR_ID_SALT)")
+    limits = serve.add_argument_group("limits and availability")
+    limits.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                        help="RPCs admitted at once, running or queued; beyond it RESOURCE_EXHAUSTED at once "
+                             "(default: 5 x --workers)")
+    limits.add_argument("--store-timeout", type=float, default=5.0,
+                        help="seconds a Milvus server call may take, retries included, before UNAVAILABLE "
+                             "(default %(default)s)")
+    limits.add_argument("--store-check-seconds", type=float, default=3.0,
+                        help="ping Milvus this often; health is NOT_SERVING while it fails, SERVING again when it "
+                             "answers; 0 disables (default %(default)s)")
     _add_logging_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -332,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--k-prep", type=int, default=0, help="candidates to re-rank (0: max(10, k))")
     search.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
     search.add_argument("--json", action="store_true", help="print the reply as JSON")
+    search.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
+    search.add_argument("--tls-ca", default=None, metavar="PEM", help="CA that signed the server certificate (TLS)")
+    search.add_argument("--tls-cert", default=None, metavar="PEM", help="client certificate (mutual TLS)")
+    search.add_argument("--tls-key", default=None, metavar="PEM", help="client private key (mutual TLS)")
+    search.add_argument("--tls-server-name", default=None,
+                        help="name to check the server certificate against (when --target is an IP)")
+    search.add_argument("--token-file", default=None, metavar="PATH",
+                        help="file whose first line is the bearer token (default: env CBMIR_TOKEN)")
     _add_logging_flags(search)
     search.set_defaults(func=cmd_search)
 
@@ -360,10 +461,71 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_flags(demo, level="WARNING")
     demo.set_defaults(func=cmd_demo)
 
+    train_p = sub.add_parser(
+        "train", help="fine-tune a classifier / metric-learning head into a checkpoint ingest, serve, eval load",
+        description="Train on the index split of SOURCE (validation carved from it, stratified and seed-fixed; "
+                    "the test split is never read). Writes OUT/best.pt (load with --weights OUT/best.pt), OUT/last.pt "
+                    "(every epoch; --resume continues from it) and OUT/train-log.json. The first --freeze-blocks "
+                    "EfficientNet stages keep their ImageNet weights and are computed once per cached view, so an "
+                    "epoch only trains the last stage(s): what makes CPU training fit.")
+    train_p.add_argument("source", help="a directory with labels.csv, a CSV manifest, or a MedMNIST .npz")
+    train_p.add_argument("--out", required=True, help="run directory, e.g. runs/brain-ce")
+    train_p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    train_p.add_argument("--backbone", default="efficientnet_lite0",
+                         help="efficientnet_lite0 (ImageNet weights offline); others need --weights or --random-init "
+                              "and --freeze-blocks 0 (default %(default)s)")
+    train_p.add_argument("--weights", default=None, metavar="PATH", help="backbone state_dict to start from")
+    train_p.add_argument("--random-init", action="store_true", help="start from a random backbone (plumbing only)")
+    train_p.add_argument("--loss", default="ce", choices=["ce", "metric"],
+                         help="ce: cross-entropy, embedding = pooled features; metric: 0.6 batch-hard triplet + 0.3 "
+                              "cross-entropy + 0.1 center loss into a projection (default %(default)s)")
+    train_p.add_argument("--embedding-dim", type=int, default=512, help="projection dim for --loss metric")
+    train_p.add_argument("--input-size", type=int, default=192,
+                         help="square input side; 192 costs ~0.73x the compute of 224 (default %(default)s)")
+    train_p.add_argument("--freeze-blocks", type=int, default=6,
+                         help="EfficientNet stages kept frozen and cached (0-7; 0 fine-tunes everything, ~6x slower "
+                              "per epoch on CPU) (default %(default)s)")
+    train_p.add_argument("--views", type=int, default=4,
+                         help="cached views per image: the clean one + augmented ones (default %(default)s)")
+    train_p.add_argument("--epochs", type=int, default=12, help="most epochs (default %(default)s)")
+    train_p.add_argument("--patience", type=int, default=4,
+                         help="early stop after this many epochs without a better --select (default %(default)s)")
+    train_p.add_argument("--select", default="val_map10", choices=["val_map10", "val_acc"],
+                         help="validation figure best.pt is chosen by (default %(default)s)")
+    train_p.add_argument("--batch-size", type=int, default=32, help="(default %(default)s)")
+    train_p.add_argument("--lr-backbone", type=float, default=1e-4, help="pretrained layers (default %(default)s)")
+    train_p.add_argument("--lr-head", type=float, default=1e-3, help="new layers (default %(default)s)")
+    train_p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW (default %(default)s)")
+    train_p.add_argument("--label-smoothing", type=float, default=0.1, help="(default %(default)s)")
+    train_p.add_argument("--margin", type=float, default=0.3, help="triplet margin (default %(default)s)")
+    train_p.add_argument("--split", default="train",
+                         help="index split to train on; '' = every row (default %(default)s)")
+    train_p.add_argument("--val-split", default=None, help="validate on this existing split instead of carving one")
+    train_p.add_argument("--val-fraction", type=float, default=0.15,
+                         help="carved validation share (default %(default)s)")
+    train_p.add_argument("--group-column", default=None,
+                         help="manifest column grouping images (MIAS: patient_id): a group never straddles train/val")
+    train_p.add_argument("--folds", type=int, default=0,
+                         help="hold one of this many label-stratified group folds out of training entirely "
+                              "(cross-fitting for leave-one-patient-out evaluation)")
+    train_p.add_argument("--fold", type=int, default=0, help="which fold --folds holds out (default %(default)s)")
+    train_p.add_argument("--manifest", default=None, help="CSV manifest (default: SOURCE/labels.csv if present)")
+    train_p.add_argument("--image-column", default="image", help="manifest column with the image path")
+    train_p.add_argument("--label-column", default="label", help="manifest column with the label (MIAS: tissue)")
+    train_p.add_argument("--limit", type=int, default=None, help="use at most this many listed images")
+    train_p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                         help="auto = bf16 autocast where the CPU has AMX/AVX512-BF16 (default auto)")
+    train_p.add_argument("--seed", type=int, default=0, help="fixes split, order, augmentation, init (default 0)")
+    train_p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    train_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_logging_flags(train_p)
+    train_p.set_defaults(func=cmd_train)
+
     from bench.cli import add_bench_parser
     from services.store.milvus_server import add_milvus_server_parser
 
     add_bench_parser(sub)
+    from bench.quality.cli import add_eval_parser; add_eval_parser(sub)  # noqa: E702, I001
     add_milvus_server_parser(sub)
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from ingestion.samples import BREASTMNIST_SUBSET, build_dicom_archive
+from services.store.milvus_server import MilvusServer
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -28,6 +30,15 @@ def ray_local() -> Iterator[None]:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """One real Milvus 2.3 standalone on 127.0.0.1 free ports for the session (it takes a few seconds to start)."""
+    if importlib.util.find_spec("milvus") is None:
+        pytest.skip("the PyPI package `milvus` is not installed (pip install 'cbmir[server]')")
+    with MilvusServer(data_dir=tmp_path_factory.mktemp("milvus-server")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.query.proto import retrieval_pb2, retrieval_pb2_grpc
 from services.query.server import DEFAULT_MAX_MESSAGE_MB
+from services.query.tls import channel_credentials
 
 PREFILTERS = {
     "off": retrieval_pb2.PREFILTER_MODE_OFF,
@@ -20,16 +21,28 @@ PREFILTERS = {
 
 
 class RetrievalClient:
+    """Plain text by default (a loopback server); `tls_ca` (and `tls_cert`/`tls_key` for mTLS) switch to TLS.
+
+    `token` is sent as `authorization: Bearer <token>` metadata on every call; `tls_server_name` overrides the
+    name the server certificate is checked against (when connecting by IP to a certificate issued for a name).
+    """
+
     def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 30.0,
-                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> None:
+                 max_message_mb: int = DEFAULT_MAX_MESSAGE_MB, *, tls: bool = False, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, tls_server_name: str | None = None,
+                 token: str | None = None) -> None:
         max_bytes = max_message_mb * 1024 * 1024
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)],
-        )
+        options = [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if tls or tls_ca or tls_cert:
+            self.channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = retrieval_pb2_grpc.RetrievalServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
     def close(self) -> None:
         self.channel.close()
@@ -68,11 +81,12 @@ class RetrievalClient:
             request.vector.values.extend(float(v) for v in vector)
         elif id is not None:
             request.id = id
-        return self.stub.Search(request, timeout=self.timeout)
+        return self.stub.Search(request, timeout=self.timeout, metadata=self.metadata)
 
     def describe(self, collection: str = "") -> Any:
         return self.stub.DescribeCollection(
-            retrieval_pb2.DescribeCollectionRequest(collection=collection), timeout=self.timeout
+            retrieval_pb2.DescribeCollectionRequest(collection=collection), timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     def health(self, service: str = "") -> str:

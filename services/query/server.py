@@ -1,4 +1,4 @@
-"""Build and run the gRPC server: RetrievalService, standard health checking, reflection, metrics."""
+"""Build and run the gRPC server: RetrievalService, health, reflection, TLS/mTLS, token auth, audit, limits."""
 
 from __future__ import annotations
 
@@ -6,20 +6,40 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.query.audit import AuditLog
+from services.query.auth import Authenticator, TokenAuthInterceptor
 from services.query.engine import RetrievalEngine
 from services.query.proto import SERVICE_NAME, retrieval_pb2, retrieval_pb2_grpc
 from services.query.servicer import RetrievalServicer
+from services.query.tls import ServerTls, check_plaintext_allowed, server_credentials
+from services.query.watch import DEFAULT_CHECK_SECONDS, StoreWatcher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50051
 DEFAULT_MAX_MESSAGE_MB = 256
+DEFAULT_WORKERS = 8
+# RPCs admitted at once (running + queued for a worker thread); the next one gets RESOURCE_EXHAUSTED at once
+# instead of waiting in an unbounded queue until every client times out. Default: 4 queued per worker.
+DEFAULT_QUEUE_PER_WORKER = 4
+
+
+@dataclass
+class ServerOptions:
+    """How the server listens and whom it lets in. The defaults are the loopback development setup."""
+
+    tls: ServerTls | None = None
+    authenticator: Authenticator = field(default_factory=lambda: Authenticator({}))
+    insecure: bool = False  # allow plain text / no client authentication on a non-loopback address
+    audit_log: str | None = None  # JSON-lines file, one record per RPC
+    max_concurrent_rpcs: int | None = None  # None: workers * (1 + DEFAULT_QUEUE_PER_WORKER)
+    store_check_seconds: float = DEFAULT_CHECK_SECONDS  # 0: no watcher (health stays SERVING)
 
 
 @dataclass
@@ -27,10 +47,17 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    watcher: StoreWatcher | None = None
+    audit: AuditLog | None = None
+    max_concurrent_rpcs: int = 0
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def start_server(
@@ -38,16 +65,33 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
-    workers: int = 8,
+    workers: int = DEFAULT_WORKERS,
+    options: ServerOptions | None = None,
 ) -> RunningServer:
     """Start serving on host:port (port 0 picks a free one) and return at once."""
+    options = options or ServerOptions()
+    check_plaintext_allowed(host, options.tls, options.authenticator.enabled, options.insecure)
     max_bytes = max_message_mb * 1024 * 1024
+    max_concurrent = options.max_concurrent_rpcs or workers * (1 + DEFAULT_QUEUE_PER_WORKER)
+    if max_concurrent < 1:
+        raise ValueError(f"max concurrent RPCs must be >= 1, got {max_concurrent}")
+    interceptors = [TokenAuthInterceptor(options.authenticator)] if options.authenticator.enabled else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbmir-rpc"),
+        interceptors=interceptors,
         options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)],
+        maximum_concurrent_rpcs=max_concurrent,
     )
-    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(RetrievalServicer(engine), server)
     health_servicer = health.HealthServicer()
+    watched = ("", SERVICE_NAME)
+    watcher = None
+    if options.store_check_seconds > 0:
+        collection = engine.default_collection
+        watcher = StoreWatcher(lambda: engine.store.ping(collection), health_servicer, watched,
+                               interval=options.store_check_seconds)
+    audit = AuditLog(options.audit_log) if options.audit_log else None
+    retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
+        RetrievalServicer(engine, options.authenticator, audit, watcher), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (
         SERVICE_NAME,
@@ -55,15 +99,23 @@ def start_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(service_names, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, server_credentials(options.tls)) if options.tls
+             else server.add_insecure_port(address))
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port} (in use?)")
+        raise OSError(f"cannot listen on {address} (in use?)")
     server.start()
-    for name in ("", SERVICE_NAME):
+    for name in watched:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if watcher is not None:
+        watcher.check()
+        watcher.start()
+    security = ("mutual TLS" if options.tls and options.tls.mutual else "TLS" if options.tls else "plain text")
     log.info("serving", extra={"address": f"{host}:{bound}", "collection": engine.default_collection,
-                               "model_id": engine.model.identity.model_id})
-    return RunningServer(server, bound, health_servicer)
+                               "model_id": engine.model.identity.model_id, "transport": security,
+                               "token_auth": options.authenticator.enabled, "audit_log": options.audit_log or "",
+                               "workers": workers, "max_concurrent_rpcs": max_concurrent})
+    return RunningServer(server, bound, health_servicer, watcher, audit, max_concurrent)
 
 
 def serve_forever(running: RunningServer) -> None:
@@ -76,4 +128,4 @@ def serve_forever(running: RunningServer) -> None:
     running.stop()
 
 
-__all__ = ["DEFAULT_PORT", "RunningServer", "retrieval_pb2", "serve_forever", "start_server"]
+__all__ = ["DEFAULT_PORT", "RunningServer", "ServerOptions", "retrieval_pb2", "serve_forever", "start_server"]

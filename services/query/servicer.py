@@ -13,8 +13,11 @@ import numpy as np
 
 from services.embedding import ModelIdentity
 from services.query import metrics
+from services.query.audit import AuditLog, describe_search
+from services.query.auth import Authenticator
 from services.query.engine import Prefilter, QueryRejected, Rejection, RetrievalEngine, SearchQuery
 from services.query.proto import retrieval_pb2, retrieval_pb2_grpc
+from services.query.watch import StoreWatcher
 from services.store.schema import LABEL, SOURCE
 
 log = logging.getLogger(__name__)
@@ -36,18 +39,29 @@ Reply = TypeVar("Reply")
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
-    def __init__(self, engine: RetrievalEngine) -> None:
+    def __init__(self, engine: RetrievalEngine, authenticator: Authenticator | None = None,
+                 audit: AuditLog | None = None, watcher: StoreWatcher | None = None) -> None:
         self.engine = engine
+        self.authenticator = authenticator or Authenticator({})
+        self.audit = audit
+        self.watcher = watcher
 
-    def _handle(self, method: str, context: grpc.ServicerContext, work: Callable[[], Reply]) -> Reply:
+    def _handle(self, method: str, context: grpc.ServicerContext, work: Callable[[], Reply],
+                audit_request: dict[str, Any] | None = None) -> Reply:
         """Run `work`; a rejection or any unexpected error becomes a status, never a stack trace to the client."""
         started = time.perf_counter()
         metrics.IN_FLIGHT.inc()
         code = grpc.StatusCode.OK
+        reply: Any = None
         try:
-            return work()
+            if self.watcher is not None and not self.watcher.available:
+                raise QueryRejected(Rejection.UNAVAILABLE, self.watcher.unavailable_message())
+            reply = work()
+            return reply
         except QueryRejected as rejected:
             code = STATUS_OF[rejected.kind]
+            if rejected.kind is Rejection.UNAVAILABLE and self.watcher is not None and self.watcher.available:
+                self.watcher.report_failure(rejected.message)
             context.abort(code, rejected.message)
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -56,15 +70,28 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
         finally:
             metrics.IN_FLIGHT.dec()
             metrics.REQUESTS.labels(method, code.name).inc()
-            log.info("rpc", extra={"method": method, "code": code.name,
-                                   "ms": round((time.perf_counter() - started) * 1000, 3)})
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            log.info("rpc", extra={"method": method, "code": code.name, "ms": round(elapsed_ms, 3)})
+            if self.audit is not None:
+                self._audit(method, context, code, elapsed_ms, audit_request, reply)
         raise AssertionError("unreachable: context.abort raises")
 
+    def _audit(self, method: str, context: grpc.ServicerContext, code: grpc.StatusCode, elapsed_ms: float,
+               request: dict[str, Any] | None, reply: Any) -> None:
+        assert self.audit is not None
+        try:
+            ids = [hit.id for hit in reply.hits] if reply is not None and hasattr(reply, "hits") else []
+            self.audit.record(self.authenticator.caller(context), method, code.name, elapsed_ms, request, ids)
+        except Exception:  # an audit failure is loud in the server log but never changes the reply
+            log.exception("cannot write the audit record", extra={"method": method})
+
     def Search(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC naming)
-        return self._handle("Search", context, lambda: self._search(request))
+        return self._handle("Search", context, lambda: self._search(request),
+                            describe_search(request) if self.audit is not None else None)
 
     def DescribeCollection(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return self._handle("DescribeCollection", context, lambda: self._describe(request))
+        return self._handle("DescribeCollection", context, lambda: self._describe(request),
+                            {"collection": request.collection})
 
     def _search(self, request: Any) -> Any:
         kind = request.WhichOneof("query")

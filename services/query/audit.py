@@ -1,0 +1,73 @@
+"""Audit log: one JSON line per RPC (who, what kind, k, filters, result ids, latency, status); never pixels or PHI."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from services.query.auth import Caller
+from services.query.proto import retrieval_pb2
+
+# The only request fields an audit record may carry. Image bytes are reduced to their size; a vector to its dim.
+AUDIT_FIELDS: tuple[str, ...] = (
+    "ts", "caller", "auth", "peer", "method", "kind", "collection", "k", "filters", "prefilter", "prefilter_class",
+    "rerank", "query_id", "image_bytes", "vector_dim", "result_ids", "status", "latency_ms",
+)
+
+
+class AuditLog:
+    """Appends records to a JSON-lines file, one write per record (whole lines, even with many RPC threads)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0o600: the log says who searched for what; only the service account reads it.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+
+    def record(self, caller: Caller, method: str, status: str, latency_ms: float,
+               request: dict[str, Any] | None = None, result_ids: list[str] | None = None) -> None:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "caller": caller.name, "auth": caller.method, "peer": caller.peer, "method": method,
+        }
+        entry.update(request or {})
+        entry["result_ids"] = list(result_ids or [])
+        entry["status"] = status
+        entry["latency_ms"] = round(latency_ms, 3)
+        line = json.dumps({k: entry[k] for k in AUDIT_FIELDS if k in entry}, sort_keys=False, default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def describe_search(request: Any) -> dict[str, Any]:
+    """What a SearchRequest asked, without its pixels: the audit record's request part."""
+    kind = request.WhichOneof("query") or "none"
+    described: dict[str, Any] = {
+        "kind": kind, "collection": request.collection, "k": int(request.top_k), "filters": dict(request.filters),
+        "prefilter": _prefilter_name(request.prefilter), "prefilter_class": request.prefilter_class,
+        "rerank": request.rerank,
+    }
+    if kind == "image":
+        described["image_bytes"] = len(request.image)
+    elif kind == "vector":
+        described["vector_dim"] = len(request.vector.values)
+    elif kind == "id":
+        described["query_id"] = request.id[:64]
+    return described
+
+
+def _prefilter_name(value: int) -> str:
+    try:
+        return retrieval_pb2.PrefilterMode.Name(value).removeprefix("PREFILTER_MODE_").lower()
+    except ValueError:  # an enum number this server does not know (a newer client)
+        return str(value)

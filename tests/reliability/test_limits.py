@@ -1,0 +1,53 @@
+"""Overload gives RESOURCE_EXHAUSTED at once (explicit max concurrent RPCs), and the server serves again after."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from services.query.client import RetrievalClient
+from services.query.engine import RetrievalEngine, SearchQuery, SearchResult
+from services.query.proto import retrieval_pb2
+from services.query.server import ServerOptions, start_server
+
+
+class SlowEngine(RetrievalEngine):
+    """The real engine, 0.4 s slower per search: a heavy query (a 100 MB DICOM) without the 100 MB."""
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        time.sleep(0.4)
+        return super().search(query)
+
+
+def test_overload_is_refused_with_resource_exhausted_not_queued_forever(corpus) -> None:
+    engine = SlowEngine(corpus.store, corpus.model, "reliability")
+    running = start_server(engine, host="127.0.0.1", port=0, workers=2,
+                           options=ServerOptions(max_concurrent_rpcs=4, store_check_seconds=0))
+    try:
+        with RetrievalClient(f"127.0.0.1:{running.port}", timeout=30) as client:
+            request = retrieval_pb2.SearchRequest(id=corpus.ids[0], top_k=3)
+            started = time.perf_counter()
+            done_at: dict[int, float] = {}
+            calls = [client.stub.Search.future(request, timeout=30) for _ in range(24)]
+            for i, call in enumerate(calls):
+                call.add_done_callback(lambda _, i=i: done_at.__setitem__(i, time.perf_counter() - started))
+            codes = []
+            refused_after = []
+            for i, call in enumerate(calls):
+                try:
+                    call.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        refused_after.append(done_at[i])
+            assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+            assert 4 <= codes.count(grpc.StatusCode.OK) < 24
+            # Refusals come at once, not after waiting in a queue for the slow calls ahead.
+            assert min(refused_after) < 0.4
+            # Once the burst is over the server answers normally.
+            assert client.search(id=corpus.ids[0], top_k=3).hits[0].id == corpus.ids[0]
+            assert client.health() == "SERVING"
+    finally:
+        running.stop()
