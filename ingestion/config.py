@@ -34,6 +34,8 @@ class IngestConfig:
     report_path: str | None = "cbmir-ingest-report.json"
     progress: bool = True
     rerank_descriptor: str = ""  # "hog": also store HOG descriptors so searches can re-rank (seed 003)
+    id_salt: str = ""  # keys the image ids (HMAC); the collection records a digest of it, never the salt
+    flush_rows: int = 512  # rows per upsert: what a crash can lose (and the rerun redoes)
 
     def __post_init__(self) -> None:
         if self.actors < 1:
@@ -46,5 +48,11 @@ class IngestConfig:
             raise ValueError(f"gpus_per_actor must be > 0 with --device cuda, got {self.gpus_per_actor}")
         if self.rerank_descriptor not in ("", "hog"):
             raise ValueError(f"rerank_descriptor must be '' or 'hog', got {self.rerank_descriptor!r}")
+        if self.flush_rows < 1:
+            raise ValueError(f"flush_rows must be >= 1, got {self.flush_rows}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
+
+    def __repr__(self) -> str:  # the salt is a secret: never in logs or reports
+        fields = {k: ("***" if k == "id_salt" and v else v) for k, v in vars(self).items()}
+        return f"IngestConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from ingestion.reader import PIXELS, REASON, SHAPE, STATUS, STATUS_FAILED, STATUS_OK, unpack_pixels
 from services.embedding import EmbeddingModel
 from services.embedding.descriptors import DESCRIPTORS, hog_descriptors
+from services.embedding.preprocess import to_batch_tensor
 from services.store import schema
 
 log = logging.getLogger(__name__)
 
 EMBED_SECONDS = "embed_seconds"  # the batch's embedding time, spread evenly over its rows
+# Fault injection for the reliability tests: when set to a path, the first actor to get a batch creates that file
+# and dies on the spot (os._exit, like an OOM kill), once per file. Ray must restart it and re-run the batch.
+FAULT_EXIT_ONCE_ENV = "CBMIR_FAULT_EMBEDDER_EXIT_ONCE"
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,13 @@ class Embedder:
         # A model with a classifier head also predicts each image's class: stored for the class prefilter.
         self.classes: list[str] | None = getattr(self.model, "classes", None)
         self.model_id = self.model.identity.model_id
+        # On CUDA, batches are staged in pinned (page-locked) host memory so the copy to the GPU is a real
+        # asynchronous DMA (`non_blocking=True` in the model); from pageable memory it would be a blocking copy.
+        self.pin_memory = device.startswith("cuda")
         log.info("embedder ready in %.1f s (model %s)", time.perf_counter() - started, self.model_id)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        _maybe_die_once()
         started = time.perf_counter()
         statuses = batch.column(STATUS).to_pylist()
         reasons = batch.column(REASON).to_pylist()
@@ -89,10 +99,30 @@ class Embedder:
 
     def _vectors(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
         """Vectors, and the predicted class of each image when the model has a classifier head."""
+        if self.pin_memory:
+            return self._vectors_pinned(images)
         if not self.classes:
             return self.model.embed(images), [""] * len(images)
         vectors, probabilities = self.model.embed_and_predict(images)
         return vectors, [self.classes[int(i)] for i in probabilities.argmax(axis=1)]
+
+    def _vectors_pinned(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """As `model.embed(_and_predict)`, with each preprocessed batch pinned before it goes to the GPU."""
+        vectors: list[np.ndarray] = []
+        labels: list[str] = []
+        step = self.model.batch_size
+        for start in range(0, len(images), step):
+            batch = pin(to_batch_tensor(images[start:start + step], self.model.preprocessing))
+            embedding, probabilities = self.model.embed_and_predict_tensor(batch)
+            vectors.append(embedding.numpy())
+            if self.classes and probabilities is not None:
+                labels += [self.classes[int(i)] for i in probabilities.argmax(dim=1)]
+            else:
+                labels += [""] * embedding.shape[0]
+        out = np.ascontiguousarray(np.concatenate(vectors), dtype=np.float32)
+        if out.shape[1] != self.dim:
+            raise RuntimeError(f"the model produced {out.shape[1]}-d vectors, its identity says {self.dim}")
+        return out, labels
 
     def _embed(self, images: list[np.ndarray], rows: list[int], statuses: list[str], reasons: list[str],
                predicted: list[str]) -> dict[int, np.ndarray]:
@@ -113,3 +143,22 @@ class Embedder:
                 statuses[row] = STATUS_FAILED
                 reasons[row] = f"cannot embed: {type(error).__name__}: {error}"
         return result
+
+
+def pin(batch: torch.Tensor) -> torch.Tensor:
+    """Page-locked copy of a CPU tensor (CUDA only: pinning needs the driver)."""
+    return batch.pin_memory()
+
+
+def _maybe_die_once() -> None:
+    marker = os.environ.get(FAULT_EXIT_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: exactly one actor wins
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    log.warning("fault injection: embedder actor %d exits mid-batch", os.getpid())
+    os._exit(17)

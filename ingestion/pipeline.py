@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,19 @@ from ingestion.reader import read_batch
 
 log = logging.getLogger(__name__)
 
+# A worker that dies (OOM kill, node loss, segfault in a codec) is restarted and its batch re-run, a bounded
+# number of times: a batch that kills every actor it meets fails the run instead of looping forever. What was
+# already upserted stays, and the rerun skips it.
+ACTOR_MAX_RESTARTS = 4
+ACTOR_MAX_TASK_RETRIES = 4
+READ_TASK_RETRIES = 4
+# On a cluster, the actor pool starts whole before the first batch is dispatched: a node that starts its actor
+# later (shipping py_modules, importing torch) otherwise sees no batch of a short run, and the work is not spread.
+CLUSTER_ACTOR_START_SECONDS = 600
+# Where each batch was embedded: the Ray node and actor, so a report can show the actors spread over nodes.
+NODE_ID = "node_id"
+ACTOR_ID = "actor_id"
+
 
 @dataclass(frozen=True)
 class ResourcePlan:
@@ -35,18 +48,29 @@ class ResourcePlan:
     torch_threads: int
 
 
-def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: float) -> ResourcePlan:
+def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: float,
+                   node_cpus: Sequence[float] | None = None) -> ResourcePlan:
     """Split the CPUs between read tasks and `actors` embedding actors.
 
     Actors hold their CPUs for the whole run. On 2 CPUs, a read task plus two actors at num_cpus=1 needs 3 CPUs
     and deadlocks (the actors wait for batches no read task can run to make), so actors get what the reads
     leave, fractionally. Reads keep a quarter of the CPUs, at least one (half of one on a single CPU).
+
+    On a cluster (`node_cpus`: the CPUs of each node) the free CPUs are fragmented: two 1-CPU nodes with one
+    0.5-CPU actor each have 1 CPU free in all but no node with a whole one, so a read task asking for 1 CPU never
+    runs. Reads then ask for at most what the smallest node keeps once it hosts its share of the actors
+    (actors are spread over nodes), floored at 0.1 CPU.
     """
     read_budget = max(1.0, total_cpus / 4) if total_cpus >= 2 else total_cpus / 2
     read_cpus = min(1.0, read_budget)
     actor_cpus = max(0.01, (total_cpus - read_budget) / actors)
     if device == "cuda":
         actor_cpus = min(1.0, actor_cpus)  # a GPU actor only feeds the GPU
+    nodes = [c for c in (node_cpus or []) if c > 0]
+    if len(nodes) > 1:
+        per_node = math.ceil(actors / len(nodes))
+        left = min(nodes) - per_node * actor_cpus
+        read_cpus = round(max(0.1, min(read_cpus, left)), 4)
     # Torch threads per actor: its share of the machine, as the brief's max(1, cpus // actors).
     threads = max(1, int(total_cpus // actors))
     return ResourcePlan(total_cpus=total_cpus, read_cpus=read_cpus, actor_cpus=round(actor_cpus, 4),
@@ -71,6 +95,8 @@ def ray_session(address: str | None) -> Iterator[None]:
     context.enable_progress_bars = False  # the runner draws one bar over images, not one per operator
     context.print_on_execution_start = False
     context.enable_auto_log_stats = False
+    if address is not None:
+        context.wait_for_min_actors_s = CLUSTER_ACTOR_START_SECONDS
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     # It warns that Ray Data's own bars are off, which is the point: the runner's bar counts images.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
@@ -83,6 +109,11 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+
+
+def node_cpus() -> list[float]:
+    """CPUs of each alive node of the Ray cluster (one entry on a local Ray)."""
+    return [float(node["Resources"].get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")]
 
 
 def _model_options(config: IngestConfig, plan: ResourcePlan) -> dict[str, Any]:
@@ -103,9 +134,24 @@ def probe_model(config: IngestConfig, plan: ResourcePlan) -> ModelDescription:
         raise error.as_instanceof_cause() from None
 
 
-def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef]) -> pa.Table:
+class RayEmbedder(Embedder):
+    """The Embedder as a Ray actor: each output row also says which node and actor embedded it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        context = ray.get_runtime_context()
+        self.node_id = context.get_node_id()
+        self.actor_id = context.get_actor_id() or ""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = super().__call__(batch)
+        out = out.append_column(NODE_ID, pa.array([self.node_id] * out.num_rows, pa.string()))
+        return out.append_column(ACTOR_ID, pa.array([self.actor_id] * out.num_rows, pa.string()))
+
+
+def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef], id_salt: str = "") -> pa.Table:
     # The ref travels inside a list so Ray does not resolve it per call; ray.get of a numpy array is zero-copy.
-    return read_batch(batch, ray.get(existing_ids[0]))
+    return read_batch(batch, ray.get(existing_ids[0]), id_salt=id_salt)
 
 
 def embedded_batches(rows: list[dict[str, Any]], existing_ids: np.ndarray, config: IngestConfig,
@@ -120,14 +166,16 @@ def embedded_batches(rows: list[dict[str, Any]], existing_ids: np.ndarray, confi
         _read_task,
         batch_format="pyarrow",
         batch_size=config.batch_size,
-        fn_kwargs={"existing_ids": [ids_ref]},
+        fn_kwargs={"existing_ids": [ids_ref], "id_salt": config.id_salt},
         num_cpus=plan.read_cpus,
+        max_retries=READ_TASK_RETRIES,
     )
-    embed_options: dict[str, Any] = {"num_cpus": plan.actor_cpus}
+    embed_options: dict[str, Any] = {"num_cpus": plan.actor_cpus, "max_restarts": ACTOR_MAX_RESTARTS,
+                                     "max_task_retries": ACTOR_MAX_TASK_RETRIES}
     if plan.actor_gpus:
         embed_options["num_gpus"] = plan.actor_gpus
     dataset = dataset.map_batches(
-        Embedder,
+        RayEmbedder,
         fn_constructor_kwargs={**_model_options(config, plan), "descriptor": config.rerank_descriptor},
         batch_format="pyarrow",
         batch_size=config.batch_size,

@@ -53,14 +53,18 @@ def item_row(item: SourceItem, dataset: str) -> dict[str, Any]:
     return row
 
 
-def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None) -> pa.Table:
-    """Read and decode every item of `batch`; `existing_ids` is a sorted bytes array of ids already stored."""
+def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt: str = "") -> pa.Table:
+    """Read and decode every item of `batch`; `existing_ids` is a sorted bytes array of ids already stored.
+
+    `id_salt` keys the ids (HMAC-SHA256 of the content key): without the salt nobody can recompute an id from a
+    DICOM SOPInstanceUID or link it to another archive.
+    """
     started = time.perf_counter()
     columns = batch.to_pydict()
     out: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
     for i in range(batch.num_rows):
         item = {key: values[i] for key, values in columns.items()}
-        row = read_item(item, existing_ids)
+        row = read_item(item, existing_ids, id_salt)
         for name in READ_SCHEMA.names:
             if name != DECODE_SECONDS:
                 out[name].append(row.get(name))
@@ -69,7 +73,7 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None) -> pa.Ta
     return pa.Table.from_pydict(out, schema=READ_SCHEMA)
 
 
-def read_item(item: dict[str, Any], existing_ids: np.ndarray | None) -> dict[str, Any]:
+def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: str = "") -> dict[str, Any]:
     """One item → its output row; every failure is caught here and becomes a reason."""
     row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
                            schema.ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: []}
@@ -93,7 +97,7 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None) -> dict[str
         log.warning("unexpected error decoding %s", item[NAME], exc_info=True)
         row[REASON] = f"{type(error).__name__}: {error}"
         return row
-    row[schema.ID] = image_id(decoded.content_key)
+    row[schema.ID] = image_id(decoded.content_key, salt=id_salt)
     for key in DECODED_META:
         if not row[key]:
             row[key] = str(decoded.metadata.get(key) or "")

@@ -40,6 +40,9 @@ class IngestReport:
     milvus_uri: str = ""
     ray_address: str | None = None
     row_count_after: int = 0
+    # Ray node id -> distinct embedding actors that ran there / rows they embedded (the spread over a cluster).
+    actors_per_node: dict[str, int] = field(default_factory=dict)
+    rows_per_node: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,7 +15,16 @@ from tqdm import tqdm
 
 from ingestion.config import IngestConfig
 from ingestion.embedder import EMBED_SECONDS
-from ingestion.pipeline import cluster_cpus, embedded_batches, plan_resources, probe_model, ray_session
+from ingestion.pipeline import (
+    ACTOR_ID,
+    NODE_ID,
+    cluster_cpus,
+    embedded_batches,
+    node_cpus,
+    plan_resources,
+    probe_model,
+    ray_session,
+)
 from ingestion.reader import (
     DECODE_SECONDS,
     NAME,
@@ -30,6 +39,7 @@ from ingestion.reader import (
 from ingestion.report import IngestReport
 from ingestion.sink import MilvusSink
 from ingestion.sources import list_source
+from services.embedding import id_salt_digest
 from services.embedding.descriptors import DESCRIPTORS
 from services.store import MilvusStore, ModelMismatchError, choose_index, schema
 
@@ -50,11 +60,13 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
     store = MilvusStore(config.milvus_uri)
     try:
         with ray_session(config.ray_address):
-            plan = plan_resources(cluster_cpus(), config.actors, config.device, config.gpus_per_actor)
+            plan = plan_resources(cluster_cpus(), config.actors, config.device, config.gpus_per_actor,
+                                  node_cpus=node_cpus())
             model = probe_model(config, plan)
             report.model_id = model.model_id
             index = choose_index(config.index_type, config.metric, expected_rows=len(listing.items))
-            store.ensure_collection(config.collection, model.identity_json, model.dim, index)
+            store.ensure_collection(config.collection, model.identity_json, model.dim, index,
+                                    id_salt_digest=id_salt_digest(config.id_salt))
             if config.rerank_descriptor:
                 store.ensure_descriptor_collection(config.collection, config.rerank_descriptor,
                                                    DESCRIPTORS[config.rerank_descriptor])
@@ -64,7 +76,8 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
             existing = sorted_id_array(set(store.iter_ids(config.collection)) if stored else set())
             log.info("%d ids already in %s", existing.size, config.collection)
             rows = [item_row(item, listing.dataset) for item in listing.items]
-            sink = MilvusSink(store, config.collection, model.dim, descriptor=config.rerank_descriptor)
+            sink = MilvusSink(store, config.collection, model.dim, flush_rows=config.flush_rows,
+                              descriptor=config.rerank_descriptor)
             tally = Tally(report, model.model_id)
             pipeline_started = time.perf_counter()
             with tqdm(total=len(rows), unit="img", file=sys.stderr, disable=not config.progress,
@@ -111,6 +124,7 @@ class Tally:
     seen: dict[str, str] = field(default_factory=dict)  # id -> name of the first item with it in this run
     first_batch_at: float | None = None
     after_first: int = 0
+    actors: dict[str, set[str]] = field(default_factory=dict)  # node id -> actor ids seen there
 
     def add(self, batch: pa.Table) -> pa.Table:
         report = self.report
@@ -125,6 +139,13 @@ class Tally:
                 f"cluster's workers have the same weights and code as this machine?"
             )
         report.read += batch.num_rows
+        if NODE_ID in batch.column_names:
+            for node, actor in set(zip(batch.column(NODE_ID).to_pylist(), batch.column(ACTOR_ID).to_pylist(),
+                                       strict=True)):
+                self.actors.setdefault(node, set()).add(actor)
+                report.actors_per_node[node] = len(self.actors[node])
+            for node in batch.column(NODE_ID).to_pylist():
+                report.rows_per_node[node] = report.rows_per_node.get(node, 0) + 1
         decode = float(pc.sum(batch.column(DECODE_SECONDS)).as_py() or 0.0)
         embed = float(pc.sum(batch.column(EMBED_SECONDS)).as_py() or 0.0)
         report.stage_seconds["decode"] += decode
