@@ -71,6 +71,50 @@ def cmd_bench_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out_dir(root: str) -> Path:
+    out_dir = Path(root) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def cmd_bench_query(args: argparse.Namespace) -> int:
+    """gRPC round trip per stage (decode, embed, search, service overhead) and QPS, on the real service."""
+    from bench import report
+    from bench.pipeline import QueryBenchConfig, default_source, query_plot, query_table, run_query_bench
+
+    source, split = (args.source, args.split) if args.source else default_source()
+    out_dir = _out_dir(args.out)
+    config = QueryBenchConfig(source=source, split=split, queries=args.queries, top_k=args.k,
+                              clients=_ints(args.clients), qps_seconds=args.qps_seconds, milvus_uri=args.milvus_uri,
+                              index_type=args.index)
+    print(f"cbmir bench query -> {out_dir}  source={source} split={split}", flush=True)
+    record = {"machine": report.machine(), "versions": report.versions(), **run_query_bench(config)}
+    (out_dir / "query.json").write_text(json.dumps(record, indent=2, default=float))
+    png = query_plot(record, out_dir)
+    print(query_table(record))
+    print(f"\nwrote {out_dir / 'query.json'} and {png}")
+    return 0
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    """Ray pipeline images/s for 1..N actors and batch sizes, beside the bare model's images/s in the same run."""
+    from bench import report
+    from bench.pipeline import IngestBenchConfig, default_source, ingest_plot, ingest_table, run_ingest_bench
+
+    source, split = (args.source, args.split) if args.source else default_source()
+    out_dir = _out_dir(args.out)
+    config = IngestBenchConfig(source=source, split=split, actors=_ints(args.actors),
+                               batch_sizes=_ints(args.batch_sizes), limit=args.limit or None)
+    print(f"cbmir bench ingest -> {out_dir}  source={source} split={split} limit={config.limit}", flush=True)
+    record = {"machine": report.machine(), "versions": report.versions(),
+              **run_ingest_bench(config, progress=lambda line: print(line, flush=True))}
+    (out_dir / "ingest.json").write_text(json.dumps(record, indent=2, default=float))
+    png = ingest_plot(record, out_dir)
+    print(ingest_table(record))
+    print(f"\nwrote {out_dir / 'ingest.json'} and {png}")
+    return 0
+
+
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: search latency / QPS / recall vs size, per engine and index")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -116,3 +160,33 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     vec.add_argument("--log-level", default="WARNING")
     vec.add_argument("--log-json", action="store_true")
     vec.set_defaults(func=cmd_bench_vectors)
+
+    source_help = "image archive (default: ../shared/data/brain-mri if present, else the shipped DICOM sample)"
+    query = bench_sub.add_parser("query", help="end to end over gRPC: latency per stage, service overhead, QPS",
+                                 description="Ingest SOURCE (skipped if present), serve it on 127.0.0.1, send "
+                                             "--queries images one at a time, then QPS at --clients.")
+    query.add_argument("--source", default=None, help=source_help)
+    query.add_argument("--split", default=None, help="split to index; queries come from the others")
+    query.add_argument("--queries", type=int, default=100)
+    query.add_argument("-k", type=int, default=10)
+    query.add_argument("--clients", default="1,4", help="concurrent clients for QPS (default %(default)s)")
+    query.add_argument("--qps-seconds", type=float, default=10.0)
+    query.add_argument("--index", default="HNSW", choices=["HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT"])
+    query.add_argument("--milvus-uri", default="", help="store (default: a fresh Lite file in a temp dir)")
+    query.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    query.add_argument("--log-level", default="WARNING")
+    query.add_argument("--log-json", action="store_true")
+    query.set_defaults(func=cmd_bench_query)
+
+    ingest = bench_sub.add_parser("ingest", help="Ray ingestion images/s vs actors and batch size, vs the bare model",
+                                  description="Ingest the same images into a fresh collection per configuration "
+                                              "and compare with the bare model's images/s measured in the same run.")
+    ingest.add_argument("--source", default=None, help=source_help)
+    ingest.add_argument("--split", default=None)
+    ingest.add_argument("--actors", default="1,2", help="(default %(default)s)")
+    ingest.add_argument("--batch-sizes", default="16,32", help="(default %(default)s)")
+    ingest.add_argument("--limit", type=int, default=400, help="images per run, 0 = all (default %(default)s)")
+    ingest.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    ingest.add_argument("--log-level", default="WARNING")
+    ingest.add_argument("--log-json", action="store_true")
+    ingest.set_defaults(func=cmd_bench_ingest)

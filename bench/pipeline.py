@@ -1,0 +1,241 @@
+"""End-to-end benchmarks of the real paths: gRPC query latency per stage, and ingestion throughput vs actors."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.metrics import throughput
+
+SHARED_BRAIN_MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-mri"
+
+
+def default_source() -> tuple[str, str | None]:
+    """brain-mri when ../shared/data is here (index train, query test); else the shipped DICOM sample."""
+    if (SHARED_BRAIN_MRI / "labels.csv").exists():
+        return str(SHARED_BRAIN_MRI), "train"
+    from ingestion.samples import build_dicom_archive
+
+    return str(build_dicom_archive(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "dicom")), None
+
+
+def query_images(source: str, split: str | None, count: int) -> list[bytes]:
+    """Query files: the other split of a labelled archive when there is one, else the archive's own files."""
+    root = Path(source)
+    manifest = root / "labels.csv"
+    paths: list[Path] = []
+    if manifest.exists():
+        with open(manifest, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        wanted = [r for r in rows if split is None or r.get("split", "") not in ("", split)] or rows
+        paths = [root / r["image"] for r in wanted]
+    else:
+        paths = sorted(p for p in root.rglob("*") if p.is_file())
+    return [p.read_bytes() for p in paths[:count]]
+
+
+# -- gRPC query latency ------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryBenchConfig:
+    source: str
+    split: str | None
+    queries: int = 100
+    top_k: int = 10
+    clients: tuple[int, ...] = (1, 4)
+    qps_seconds: float = 10.0
+    milvus_uri: str = ""
+    collection: str = "bench_query"
+    index_type: str = "HNSW"
+    actors: int = 2
+
+
+def run_query_bench(config: QueryBenchConfig) -> dict[str, Any]:
+    """Ingest (skipped when already there), serve over real gRPC on 127.0.0.1, time each stage of each query."""
+    from ingestion import IngestConfig, run_ingestion
+    from services.embedding import EmbeddingModel, ImageDecodeError, decode_image
+    from services.query.client import RetrievalClient
+    from services.query.engine import RetrievalEngine
+    from services.query.server import start_server
+    from services.store import MilvusStore
+
+    uri = config.milvus_uri or str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "bench.db")
+    report = run_ingestion(IngestConfig(source=config.source, split=config.split, milvus_uri=uri,
+                                        collection=config.collection, actors=config.actors,
+                                        index_type=config.index_type, report_path=None, progress=False))
+    images = []
+    for data in query_images(config.source, config.split, config.queries * 2):
+        try:
+            decode_image(data)
+            images.append(data)
+        except ImageDecodeError:
+            continue
+    images = images[: config.queries]
+    store = MilvusStore(uri)
+    model = EmbeddingModel.load(precision="auto")
+    engine = RetrievalEngine(store, model, config.collection)
+    running = start_server(engine, host="127.0.0.1", port=0)
+    try:
+        with RetrievalClient(f"127.0.0.1:{running.port}", timeout=120) as client:
+            client.search(image=images[0], top_k=config.top_k)  # warm-up: index load, first-call allocations
+            rows = []
+            for data in images:
+                started = time.perf_counter()
+                reply = client.search(image=data, top_k=config.top_k)
+                round_trip = (time.perf_counter() - started) * 1000.0
+                t = reply.timings
+                rows.append({"round_trip_ms": round_trip, "decode_ms": t.decode_ms, "embed_ms": t.embed_ms,
+                             "search_ms": t.search_ms, "server_total_ms": t.total_ms,
+                             "service_overhead_ms": round_trip - t.decode_ms - t.embed_ms - t.search_ms
+                             - t.rerank_ms})
+            qps = [throughput(lambda i: client.search(image=images[i % len(images)], top_k=config.top_k), c,
+                              config.qps_seconds, len(images)) for c in config.clients]
+    finally:
+        running.stop()
+    stages = {name: _summary([r[name] for r in rows]) for name in rows[0]}
+    return {"config": asdict(config) | {"milvus_uri": uri}, "index_rows": report.row_count_after,
+            "model_id": model.identity.model_id, "precision": model.precision, "stages": stages, "qps": qps,
+            "queries": len(rows), "per_query": rows}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    ms = np.asarray(values, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def query_table(record: dict[str, Any]) -> str:
+    lines = [f"{'stage':22s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s}", "-" * 49]
+    for name, s in record["stages"].items():
+        lines.append(f"{name:22s} {s['p50_ms']:8.2f} {s['p95_ms']:8.2f} {s['p99_ms']:8.2f}")
+    lines.append("")
+    lines += [f"QPS with {q['clients']} client(s): {q['qps']:.1f}" for q in record["qps"]]
+    return "\n".join(lines)
+
+
+def query_plot(record: dict[str, Any], out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = ["decode_ms", "embed_ms", "search_ms", "service_overhead_ms"]
+    medians = [record["stages"][s]["p50_ms"] for s in stages]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bottom = 0.0
+    for stage, value in zip(stages, medians, strict=True):
+        left.bar(["median query"], [value], bottom=bottom, label=f"{stage[:-3]} {value:.1f} ms")
+        bottom += value
+    left.set(ylabel="ms", title=f"gRPC query, {record['index_rows']} rows")
+    left.legend(fontsize=8)
+    right.hist([r["round_trip_ms"] for r in record["per_query"]], bins=30)
+    right.set(xlabel="round trip (ms)", ylabel="queries", title="round-trip distribution")
+    fig.tight_layout()
+    path = out_dir / "query_stages.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- ingestion throughput -----------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestBenchConfig:
+    source: str
+    split: str | None
+    actors: tuple[int, ...] = (1, 2)
+    batch_sizes: tuple[int, ...] = (16, 32)
+    limit: int | None = 400
+    bare_images: int = 128
+
+
+def bare_model_rate(images: list[np.ndarray], batch_size: int) -> float:
+    """The model's own images/s on this CPU, all threads, preprocess included, no Ray, no I/O."""
+    from services.embedding import EmbeddingModel
+
+    model = EmbeddingModel.load(precision="auto")
+    model.embed(images[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        model.embed(images[start:start + batch_size])
+    return len(images) / (time.perf_counter() - started)
+
+
+def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[str, Any]:
+    from ingestion import IngestConfig, run_ingestion
+    from services.embedding import ImageDecodeError, decode_image
+
+    decoded = []
+    for data in query_images(config.source, None, config.bare_images * 2):
+        try:
+            decoded.append(decode_image(data).pixels)
+        except ImageDecodeError:
+            continue
+    decoded = decoded[: config.bare_images]
+    runs = []
+    for batch_size in config.batch_sizes:
+        bare = bare_model_rate(decoded, batch_size)
+        progress(f"bare model, batch {batch_size}: {bare:.1f} img/s")
+        for actors in config.actors:
+            uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
+            report = run_ingestion(IngestConfig(source=config.source, split=config.split, milvus_uri=uri,
+                                                collection="bench_ingest", actors=actors, batch_size=batch_size,
+                                                limit=config.limit, report_path=None, progress=False))
+            run = {"actors": actors, "batch_size": batch_size, "images": report.read,
+                   "end_to_end_img_s": report.images_per_second,
+                   "steady_img_s": report.steady_images_per_second, "bare_model_img_s": bare,
+                   "ratio_steady_to_bare": report.steady_images_per_second / bare if bare else 0.0,
+                   "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds}
+            runs.append(run)
+            progress(f"{actors} actor(s), batch {batch_size}: {report.steady_images_per_second:.1f} img/s steady "
+                     f"({run['ratio_steady_to_bare']:.2f}x bare), {report.images_per_second:.1f} end to end")
+    for run in runs:
+        one = next((r for r in runs if r["actors"] == 1 and r["batch_size"] == run["batch_size"]), None)
+        run["speedup_vs_1_actor"] = run["steady_img_s"] / one["steady_img_s"] if one and one["steady_img_s"] else 0
+    return {"config": asdict(config), "runs": runs,
+            "median_ratio_steady_to_bare": statistics.median(r["ratio_steady_to_bare"] for r in runs)}
+
+
+def ingest_table(record: dict[str, Any]) -> str:
+    lines = [f"{'actors':>6s} {'batch':>5s} {'images':>6s} {'steady img/s':>12s} {'e2e img/s':>9s} "
+             f"{'bare img/s':>10s} {'ratio':>6s} {'vs 1 actor':>10s}  stage seconds (summed over workers)",
+             "-" * 110]
+    for r in record["runs"]:
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items())
+        lines.append(f"{r['actors']:6d} {r['batch_size']:5d} {r['images']:6d} {r['steady_img_s']:12.1f} "
+                     f"{r['end_to_end_img_s']:9.1f} {r['bare_model_img_s']:10.1f} {r['ratio_steady_to_bare']:6.2f} "
+                     f"{r['speedup_vs_1_actor']:10.2f}  {stages}")
+    return "\n".join(lines)
+
+
+def ingest_plot(record: dict[str, Any], out_dir: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for batch_size in sorted({r["batch_size"] for r in record["runs"]}):
+        runs = sorted((r for r in record["runs"] if r["batch_size"] == batch_size), key=lambda r: r["actors"])
+        line, = ax.plot([r["actors"] for r in runs], [r["steady_img_s"] for r in runs], marker="o",
+                        label=f"pipeline, batch {batch_size}")
+        ax.axhline(runs[0]["bare_model_img_s"], linestyle="--", color=line.get_color(),
+                   label=f"bare model, batch {batch_size}")
+    ax.set(xlabel="Ray embedding actors", ylabel="images / s", title="ingestion throughput")
+    ax.set_xticks(sorted({r["actors"] for r in record["runs"]}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out_dir / "ingest_throughput.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Retrieval quality harness (`cbmir eval`): ingest through the real pipeline, query through the engine, score."""

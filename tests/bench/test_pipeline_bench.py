@@ -1,0 +1,45 @@
+"""The end-to-end benchmarks on a tiny real archive: they run the real paths and report every stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.pipeline import (
+    IngestBenchConfig,
+    QueryBenchConfig,
+    ingest_plot,
+    ingest_table,
+    query_plot,
+    query_table,
+    run_ingest_bench,
+    run_query_bench,
+)
+
+
+def test_query_bench_times_every_stage_of_real_grpc_queries(ray_local, breastmnist_png_archive: Path,
+                                                             tmp_path: Path) -> None:
+    config = QueryBenchConfig(source=str(breastmnist_png_archive), split="train", queries=6, clients=(1,),
+                              qps_seconds=0.5, milvus_uri=str(tmp_path / "q.db"))
+    record = run_query_bench(config)
+    assert record["queries"] == 6 and record["index_rows"] == 120
+    stages = record["stages"]
+    assert stages["embed_ms"]["p50_ms"] > 0 and stages["search_ms"]["p50_ms"] > 0
+    # the round trip contains every stage, so what is left for transport and the service is never negative
+    assert all(r["service_overhead_ms"] > 0 for r in record["per_query"])
+    assert record["qps"][0]["qps"] > 0
+    json.dumps(record, default=float)
+    assert "embed_ms" in query_table(record) and query_plot(record, tmp_path).exists()
+
+
+def test_ingest_bench_compares_the_pipeline_with_the_bare_model(ray_local, breastmnist_png_archive: Path,
+                                                                tmp_path: Path) -> None:
+    config = IngestBenchConfig(source=str(breastmnist_png_archive), split="train", actors=(1,), batch_sizes=(8,),
+                               limit=24, bare_images=16)
+    record = run_ingest_bench(config, progress=lambda _: None)
+    (run,) = record["runs"]
+    assert run["images"] == 24 and run["bare_model_img_s"] > 0
+    assert run["ratio_steady_to_bare"] == pytest.approx(run["steady_img_s"] / run["bare_model_img_s"])
+    assert "bare img/s" in ingest_table(record) and ingest_plot(record, tmp_path).exists()

@@ -1,0 +1,49 @@
+"""`cbmir eval` flags: presets, the configuration grid, and the report-only mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.quality.cli import configs, dataset_spec
+from bench.quality.config import EvalConfig, collection_name
+from services.cli import build_parser
+
+
+def _args(*argv: str):  # noqa: ANN202
+    return build_parser().parse_args(["eval", *argv])
+
+
+def test_mias_preset_is_leave_one_patient_out_on_tissue_and_runs_every_metric_index_pair() -> None:
+    args = _args("mias-tissue", "--metric", "COSINE", "L2", "--index", "HNSW", "FLAT")
+    spec = dataset_spec(args)
+    assert (spec.protocol, spec.label_column, spec.group_column, spec.index_split) == \
+        ("leave-one-patient-out", "tissue", "patient_id", None)
+    grid = configs(args)
+    assert [(c.metric, c.index) for c in grid] == [("COSINE", "HNSW"), ("COSINE", "FLAT"), ("L2", "HNSW"),
+                                                   ("L2", "FLAT")]
+    assert {c.name() for c in grid} == {"efficientnet_lite0-imagenet-cosine-hnsw",
+                                        "efficientnet_lite0-imagenet-cosine-flat",
+                                        "efficientnet_lite0-imagenet-l2-hnsw", "efficientnet_lite0-imagenet-l2-flat"}
+
+
+def test_hog_backbone_is_one_brute_force_configuration() -> None:
+    grid = configs(_args("brain-mri", "--backbone", "hog", "--metric", "COSINE", "L2"))
+    assert len(grid) == 1 and grid[0].method_label() == "S4 HOG" and grid[0].name() == "hog-l1-bruteforce"
+
+
+def test_rerank_and_prefilter_name_their_configuration() -> None:
+    config = EvalConfig(weights="runs/a/best.pt", prefilter="predicted", rerank="hog", k_prep=20)
+    assert config.name("a-1234abcd").endswith("-prefilter-predicted-rerank-hog-k20")
+    with pytest.raises(ValueError, match="prefilter"):
+        EvalConfig(prefilter="sometimes")
+
+
+def test_collection_names_separate_label_columns_and_metrics() -> None:
+    tissue = collection_name("mias-tissue", "tissue", None, "abc123", "COSINE", "HNSW")
+    severity = collection_name("mias-severity", "severity", None, "abc123", "COSINE", "HNSW")
+    assert tissue == "q_mias_tissue_tissue_all_abc123_cosine_hnsw" and tissue != severity
+
+
+def test_unknown_dataset_says_what_to_pass() -> None:
+    with pytest.raises(SystemExit, match="preset"):
+        dataset_spec(_args("no-such-dataset"))

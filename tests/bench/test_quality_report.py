@@ -1,0 +1,52 @@
+"""docs/quality.md: the best-vs-seeds verdicts, method labels, and the hand-written notes that survive --report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.quality.config import EvalConfig
+from bench.quality.record import SCHEMA
+from bench.quality.report import NOTES_BEGIN, NOTES_END, best_vs_seeds, seed_method, write_report
+
+
+def _record(dataset: str, method: str, name: str, mean: float, low: float, high: float) -> dict:
+    figure = {"mean": mean, "ci_low": low, "ci_high": high, "n": 100}
+    return {"schema": SCHEMA, "dataset": {"name": dataset, "label_column": "label"}, "protocol": "split",
+            "method": method, "config_name": name, "config": {"metric": "COSINE", "index": "FLAT"},
+            "queries": 100, "index_size": 400, "class_counts": {"index": {"a": 200, "b": 200}, "queries": {"a": 50,
+                                                                                                          "b": 50}},
+            "figures": {k: figure for k in ("P@1", "P@5", "P@10", "mAP@10", "NDCG@10", "R@10", "mAP")},
+            "per_class": {}, "pngs": [], "notes": []}
+
+
+def test_method_labels_name_the_seed_each_trained_configuration_reproduces() -> None:
+    assert EvalConfig(weights="w.pt", loss="ce").method_label() == "S3"
+    assert EvalConfig(weights="w.pt", loss="ce", prefilter="predicted").method_label() == "S3 +prefilter"
+    assert EvalConfig(weights="w.pt", loss="metric", prefilter="predicted", rerank="hog").method_label() == \
+        "S2 +prefilter +HOG"
+    assert EvalConfig(cross_fit="r/f{fold}/best.pt", loss="ce").method_label() == "S3 cross-fit"
+    assert seed_method({"method": "S3 cross-fit +prefilter"}) == "S3 +prefilter"
+    assert seed_method({"method": "S2 +prefilter +HOG"}) == ""  # a combination, not a seed baseline
+
+
+def test_best_vs_seeds_checks_margin_and_ci_overlap() -> None:
+    records = [_record("d", "S1", "s1", 0.70, 0.68, 0.72), _record("d", "S4 HOG", "hog", 0.80, 0.78, 0.82),
+               _record("d", "S2 +prefilter +HOG", "best", 0.84, 0.81, 0.87)]
+    text = "\n".join(best_vs_seeds({"d": records}))
+    assert "| S1 | `s1` | 0.700 [0.680, 0.720] | +14.0 | no | yes |" in text
+    assert "| S4 HOG | `hog` | 0.800 [0.780, 0.820] | +4.0 | yes | **no** |" in text
+    assert "beats 1 of 2 seed methods" in text
+
+
+def test_report_keeps_the_hand_written_notes(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    for i, record in enumerate([_record("brain-mri", "S1", "s1", 0.7, 0.68, 0.72)]):
+        (out / "brain-mri" / f"c{i}").mkdir(parents=True)
+        (out / "brain-mri" / f"c{i}" / "record.json").write_text(json.dumps(record))
+    docs = tmp_path / "quality.md"
+    text = write_report(out, docs).read_text()
+    assert "(no notes yet)" in text and "mAP@10 ≥ 0.90: **not met**" in text
+    docs.write_text(text.replace("(no notes yet)", "- tried X: 0.81, did not help"))
+    text = write_report(out, docs).read_text()
+    assert f"{NOTES_BEGIN}\n- tried X: 0.81, did not help\n{NOTES_END}" in text
