@@ -190,29 +190,33 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
             report = run_ingestion(IngestConfig(source=config.source, split=config.split, milvus_uri=uri,
                                                 collection="bench_ingest", actors=actors, batch_size=batch_size,
                                                 limit=config.limit, report_path=None, progress=False))
+            # pipeline_seconds runs from the first read to the last write: Ray start-up is out, the actors' model
+            # loading is in. "steady" (after the first batch returns) over-counts when actors ran ahead.
+            pipeline_rate = report.read / report.pipeline_seconds if report.pipeline_seconds else 0.0
             run = {"actors": actors, "batch_size": batch_size, "images": report.read,
-                   "end_to_end_img_s": report.images_per_second,
+                   "end_to_end_img_s": report.images_per_second, "pipeline_img_s": pipeline_rate,
                    "steady_img_s": report.steady_images_per_second, "bare_model_img_s": bare,
-                   "ratio_steady_to_bare": report.steady_images_per_second / bare if bare else 0.0,
+                   "ratio_pipeline_to_bare": pipeline_rate / bare if bare else 0.0,
                    "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds}
             runs.append(run)
-            progress(f"{actors} actor(s), batch {batch_size}: {report.steady_images_per_second:.1f} img/s steady "
-                     f"({run['ratio_steady_to_bare']:.2f}x bare), {report.images_per_second:.1f} end to end")
+            progress(f"{actors} actor(s), batch {batch_size}: {pipeline_rate:.1f} img/s in the pipeline "
+                     f"({run['ratio_pipeline_to_bare']:.2f}x bare), {report.images_per_second:.1f} end to end")
     for run in runs:
         one = next((r for r in runs if r["actors"] == 1 and r["batch_size"] == run["batch_size"]), None)
-        run["speedup_vs_1_actor"] = run["steady_img_s"] / one["steady_img_s"] if one and one["steady_img_s"] else 0
+        run["speedup_vs_1_actor"] = (run["pipeline_img_s"] / one["pipeline_img_s"]
+                                     if one and one["pipeline_img_s"] else 0.0)
     return {"config": asdict(config), "runs": runs,
-            "median_ratio_steady_to_bare": statistics.median(r["ratio_steady_to_bare"] for r in runs)}
+            "median_ratio_pipeline_to_bare": statistics.median(r["ratio_pipeline_to_bare"] for r in runs)}
 
 
 def ingest_table(record: dict[str, Any]) -> str:
-    lines = [f"{'actors':>6s} {'batch':>5s} {'images':>6s} {'steady img/s':>12s} {'e2e img/s':>9s} "
+    lines = [f"{'actors':>6s} {'batch':>5s} {'images':>6s} {'pipeline img/s':>14s} {'e2e img/s':>9s} "
              f"{'bare img/s':>10s} {'ratio':>6s} {'vs 1 actor':>10s}  stage seconds (summed over workers)",
              "-" * 110]
     for r in record["runs"]:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items())
-        lines.append(f"{r['actors']:6d} {r['batch_size']:5d} {r['images']:6d} {r['steady_img_s']:12.1f} "
-                     f"{r['end_to_end_img_s']:9.1f} {r['bare_model_img_s']:10.1f} {r['ratio_steady_to_bare']:6.2f} "
+        lines.append(f"{r['actors']:6d} {r['batch_size']:5d} {r['images']:6d} {r['pipeline_img_s']:14.1f} "
+                     f"{r['end_to_end_img_s']:9.1f} {r['bare_model_img_s']:10.1f} {r['ratio_pipeline_to_bare']:6.2f} "
                      f"{r['speedup_vs_1_actor']:10.2f}  {stages}")
     return "\n".join(lines)
 
@@ -226,7 +230,7 @@ def ingest_plot(record: dict[str, Any], out_dir: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for batch_size in sorted({r["batch_size"] for r in record["runs"]}):
         runs = sorted((r for r in record["runs"] if r["batch_size"] == batch_size), key=lambda r: r["actors"])
-        line, = ax.plot([r["actors"] for r in runs], [r["steady_img_s"] for r in runs], marker="o",
+        line, = ax.plot([r["actors"] for r in runs], [r["pipeline_img_s"] for r in runs], marker="o",
                         label=f"pipeline, batch {batch_size}")
         ax.axhline(runs[0]["bare_model_img_s"], linestyle="--", color=line.get_color(),
                    label=f"bare model, batch {batch_size}")
