@@ -46,3 +46,13 @@ def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     for noisy in ("milvus_lite", "pymilvus", "grpc", "ray", "ray.data", "filelock", "urllib3", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("milvus_lite").setLevel(logging.CRITICAL)
+    # Milvus Lite's in-process gRPC server answers some pymilvus calls with "Method not implemented" and
+    # grpc logs each as an error; only those are dropped, any other grpc._server error stays visible.
+    grpc_server = logging.getLogger("grpc._server")
+    if not any(isinstance(f, _DropLiteUnimplemented) for f in grpc_server.filters):
+        grpc_server.addFilter(_DropLiteUnimplemented())
+
+
+class _DropLiteUnimplemented(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Method not implemented" not in record.getMessage()
