@@ -165,10 +165,15 @@ def best_vs_seeds(by_dataset: dict[str, list[dict]]) -> list[str]:
 
 def training_runs(records: list[dict]) -> list[str]:
     """The `cbmir train` runs behind the records, from the summary each record keeps of its checkpoint."""
+    from bench.quality.runner import training_summary
+
     runs: dict[str, dict] = {}
     for r in records:
-        summaries = [r.get("training")] + [f.get("training") for f in (r.get("cross_fit") or {}).get("folds", [])]
-        for summary in summaries:
+        found = [] if r.get("cross_fit") else [(r["config"].get("weights"), r.get("training"))]
+        found += [(f.get("checkpoint"), f.get("training")) for f in (r.get("cross_fit") or {}).get("folds", [])]
+        for path, stored in found:
+            # the checkpoint's run as it ended, when the checkpoint is still on this machine; else what was recorded
+            summary = (training_summary(path) if path and Path(path).is_file() else None) or stored
             if summary:
                 runs[summary["command"]] = summary
     if not runs:
@@ -208,11 +213,50 @@ def prefilter_lines(group: list[dict]) -> list[str]:
     return lines
 
 
-def render(records: list[dict], notes: str = "") -> str:
+FIGURES = ("precision_recall_vs_k", "pr_curve", "embedding_pca", "embedding_tsne")
+
+
+def copy_best_figures(by_dataset: dict[str, list[dict]], docs_dir: Path) -> dict[str, list[Path]]:
+    """Copy the PNGs of each dataset's best row into docs/figures/quality/<dataset>/ (results/ is not committed).
+    A row scored without t-SNE borrows it from a row of the same model and collection: same index vectors."""
+    import shutil
+
+    copied: dict[str, list[Path]] = {}
+    for dataset, group in by_dataset.items():
+        best = max(group, key=lambda r: r["figures"]["mAP@10"]["mean"])
+        target = docs_dir / "figures" / "quality" / dataset
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.mkdir(parents=True, exist_ok=True)
+        pngs = {Path(p).stem: Path(p) for p in best.get("pngs", []) if Path(p).is_file()}
+        for r in group:
+            if r.get("collection") == best.get("collection") and r.get("model", {}).get("model_id") == \
+                    best.get("model", {}).get("model_id"):
+                for p in r.get("pngs", []):
+                    pngs.setdefault(Path(p).stem, Path(p))
+        copied[dataset] = []
+        for stem in FIGURES:
+            if stem in pngs and pngs[stem].is_file():
+                shutil.copyfile(pngs[stem], target / f"{stem}.png")
+                copied[dataset].append(target / f"{stem}.png")
+    return copied
+
+
+def render(records: list[dict], notes: str = "", figures: dict[str, list[Path]] | None = None,
+           docs_dir: Path = Path("docs")) -> str:
     by_dataset: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_dataset[record["dataset"]["name"]].append(record)
-    parts = [PREAMBLE.format(count=len(records), created=now()), *best_vs_seeds(by_dataset),
+    figure_lines = []
+    for dataset, paths in sorted((figures or {}).items()):
+        if paths:
+            best = max(by_dataset[dataset], key=lambda r: r["figures"]["mAP@10"]["mean"])
+            links = ", ".join(f"[{p.stem}]({p.relative_to(docs_dir).as_posix()})" for p in paths)
+            figure_lines.append(f"- {dataset}, best row `{best['config_name']}`: {links}")
+    if figure_lines:
+        figure_lines = ["Figures of each dataset's best row (copied into docs/figures/quality/ by --report):\n",
+                        *figure_lines, ""]
+    parts = [PREAMBLE.format(count=len(records), created=now()), *best_vs_seeds(by_dataset), *figure_lines,
              NOTES_BEGIN, notes.strip() or "(no notes yet)", NOTES_END, "", *training_runs(records),
              "## Reproduce\n", COMMANDS, ""]
     for dataset in sorted(by_dataset):
@@ -258,7 +302,11 @@ def write_report(results_root: Path, docs_path: Path = DEFAULT_DOCS) -> Path:
     if not records:
         raise SystemExit(f"no records under {results_root}: run `cbmir eval DATASET` first")
     docs_path.parent.mkdir(parents=True, exist_ok=True)
-    docs_path.write_text(render(records, kept_notes(docs_path)))
+    by_dataset: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_dataset[record["dataset"]["name"]].append(record)
+    figures = copy_best_figures(by_dataset, docs_path.parent)
+    docs_path.write_text(render(records, kept_notes(docs_path), figures, docs_path.parent))
     return docs_path
 
 

@@ -276,9 +276,19 @@ def training_summary(weights: str) -> dict | None:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     flags = []
     for name, flag in _FLAGS.items():
-        if name in config and (config[name] != defaults.get(name) or name == "loss"):
+        if name in config and (config[name] != defaults.get(name) or name == "loss"
+                               or (name == "fold" and config.get("folds"))):
             value = config[name]
-            flags.append(f"{flag} {value!r}" if value in ("", None) else f"{flag} {value}")
+            flags.append(f"{flag} ''" if value in ("", None) else f"{flag} {value}")
+    # best.pt keeps the record of its own epoch; the run's log (beside it) has every epoch of the run
+    log_path = Path(weights).parent / "train-log.json"
+    if log_path.is_file():
+        try:
+            logged = json.loads(log_path.read_text())
+            if (logged.get("data") or {}).get("digest") == (training.get("data") or {}).get("digest"):
+                training = {**training, "history": logged.get("history") or [], "timing": logged.get("timing") or {}}
+        except (OSError, ValueError):
+            pass
     history = training.get("history") or []
     timing = training.get("timing") or {}
     epoch_seconds = sum(float(h.get("epoch_seconds", 0.0)) for h in history)
@@ -374,7 +384,7 @@ def _cross_fit_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str,
              "collection": [f["collection"] for f in per_fold], "cross_fit": {"pattern": config.cross_fit,
                                                                                "folds": per_fold},
              "index_recall_at_10_vs_exact": recall_sum / recall_n if recall_n else None,
-             "loss": folds[0].loss}
+             "loss": folds[0].loss, "training": None}  # each fold's run is in cross_fit.folds
     return index, vectors, queries, rankings, depths, extra
 
 

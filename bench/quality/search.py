@@ -68,6 +68,9 @@ def rank_with_engine(engine: RetrievalEngine, config: EvalConfig, index: IndexVi
     """
     rankings = []
     limit = min(len(index), engine.max_top_k)
+    # FLAT is exhaustive, so its top-10 is the first 10 of its top-1000 (up to ties): one search per query then,
+    # not one per depth (an image query re-embeds the image on every search). ANN indexes keep a search per depth.
+    exact = config.index == "FLAT"
     for query in tqdm(queries, desc="queries", unit="q", file=sys.stderr, disable=not progress):
         ranking = Ranking(query=query, n_relevant=index.n_relevant(query))
         excluded = index.n_excluded(query)
@@ -93,13 +96,16 @@ def rank_with_engine(engine: RetrievalEngine, config: EvalConfig, index: IndexVi
             return cache[(depth, rerank)]
 
         for depth in depths:
-            if not config.rerank:
+            if not config.rerank and exact:
+                hits = run(max(depths), False)[:depth]  # exact search: a shallower list is a prefix of the deeper
+            elif not config.rerank:
                 hits = run(depth, False)
             elif depth <= config.k_prep:
                 hits = run(depth, True)
             else:
                 head = run(config.k_prep, True)
-                tail = [i for i in run(depth, False) if i not in set(head)]
+                plain = run(max(depths), False)[:depth] if exact else run(depth, False)
+                tail = [i for i in plain if i not in set(head)]
                 hits = (head + tail)[:depth]
             ranking.hits[depth] = hits
             ranking.labels[depth] = [index.by_id[i].label for i in hits]
