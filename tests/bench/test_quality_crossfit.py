@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from bench.quality.config import EvalConfig
 from bench.quality.crossfit import CrossFitError, load_folds, resolve_paths
 from bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, DatasetSpec
 from bench.quality.runner import run_eval
-from ingestion.samples import BREASTMNIST_SUBSET
 from services.embedding.training import TrainConfig, train
 
 FOLDS = 2
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def archive(tmp_path_factory: pytest.TempPathFactory, patient_archive_writer) -> Path:
     """24 BreastMNIST images as PNGs, two per 'patient' (12), MIAS-like manifest (image, patient_id, tissue)."""
-    root = tmp_path_factory.mktemp("xfit-archive")
-    (root / "images").mkdir()
-    data = np.load(BREASTMNIST_SUBSET)
-    rows = []
-    for i in range(24):
-        name = f"images/img{i:02d}.png"
-        Image.fromarray(data["train_images"][i]).save(root / name)
-        # both images of a patient share the label, as both breasts of a woman share her density
-        rows.append({"image": name, "patient_id": f"p{i // 2}", "tissue": f"class{(i // 2) % 2}"})
-    with open(root / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "patient_id", "tissue"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    # both images of a patient share the label, as both breasts of a woman share her density
+    return patient_archive_writer(tmp_path_factory.mktemp("xfit-archive"), lambda i, _: f"class{(i // 2) % 2}",
+                                 patient_prefix="p")
 
 
 @pytest.fixture(scope="module")

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from bench.quality.config import EvalConfig
 from bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, PRESETS, DatasetSpec
 from bench.quality.report import write_report
 from bench.quality.runner import run_eval
-from ingestion.samples import BREASTMNIST_SUBSET
 
 PNGS = {"precision_recall_vs_k.png", "pr_curve.png", "embedding_pca.png", "embedding_tsne.png"}
 
 
 @pytest.fixture(scope="module")
-def patient_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def patient_archive(tmp_path_factory: pytest.TempPathFactory, patient_archive_writer) -> Path:
     """24 BreastMNIST images as PNGs, two per 'patient', with a MIAS-like manifest (image, patient_id, tissue)."""
-    root = tmp_path_factory.mktemp("patients")
-    (root / "images").mkdir()
-    data = np.load(BREASTMNIST_SUBSET)
-    rows = []
-    for i in range(24):
-        name = f"images/img{i:02d}.png"
-        Image.fromarray(data["train_images"][i]).save(root / name)
-        rows.append({"image": name, "patient_id": str(i // 2), "tissue": f"class{int(data['train_labels'][i])}"})
-    with open(root / "labels.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "patient_id", "tissue"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
+    return patient_archive_writer(tmp_path_factory.mktemp("patients"),
+                                 lambda i, labels: f"class{int(labels[i])}")
 
 
 def test_split_eval_on_breastmnist_writes_record_pngs_and_report(ray_local: None, milvus_uri: str,
