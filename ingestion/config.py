@@ -36,6 +36,7 @@ class IngestConfig:
     rerank_descriptor: str = ""  # "hog": also store HOG descriptors so searches can re-rank (seed 003)
     id_salt: str = ""  # keys the image ids (HMAC); the collection records a digest of it, never the salt
     flush_rows: int = 512  # rows per upsert: what a crash can lose (and the rerun redoes)
+    tta: bool = False  # test-time augmentation: average each vector over the image and its mirror (2x embed cost)
 
     def __post_init__(self) -> None:
         if self.actors < 1:

@@ -35,14 +35,14 @@ class ModelDescription:
 
 
 def describe_model(backbone: str, weights: str | None, random_init: bool, device: str, precision: str,
-                   num_threads: int | None) -> ModelDescription:
+                   num_threads: int | None, tta: bool = False) -> ModelDescription:
     """Load the model exactly as an actor does and say what it is.
 
     The identity includes the precision "auto" resolves to, which depends on the device and CPU of the worker
     (bf16 where the CPU has native kernels, fp16 on CUDA), so it must be computed where the actors run.
     """
     model = EmbeddingModel.load(backbone=backbone, weights=weights, random_init=random_init, device=device,
-                                precision=precision, num_threads=num_threads)
+                                precision=precision, num_threads=num_threads, tta=tta)
     return ModelDescription(model.identity.to_json(), model.identity.model_id, model.dim)
 
 
@@ -50,10 +50,10 @@ class Embedder:
     """Turns decoded rows into vectors; present and failed rows pass through with a zero vector, never stored."""
 
     def __init__(self, backbone: str, weights: str | None, random_init: bool, device: str, precision: str,
-                 num_threads: int | None, descriptor: str = "") -> None:
+                 num_threads: int | None, descriptor: str = "", tta: bool = False) -> None:
         started = time.perf_counter()
         self.model = EmbeddingModel.load(backbone=backbone, weights=weights, random_init=random_init,
-                                         device=device, precision=precision, num_threads=num_threads)
+                                         device=device, precision=precision, num_threads=num_threads, tta=tta)
         self.dim = self.model.dim
         self.descriptor = descriptor
         # A model with a classifier head also predicts each image's class: stored for the class prefilter.

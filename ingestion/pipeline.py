@@ -118,7 +118,8 @@ def node_cpus() -> list[float]:
 
 def _model_options(config: IngestConfig, plan: ResourcePlan) -> dict[str, Any]:
     return {"backbone": config.backbone, "weights": config.weights, "random_init": config.random_init,
-            "device": config.device, "precision": config.precision, "num_threads": plan.torch_threads}
+            "device": config.device, "precision": config.precision, "num_threads": plan.torch_threads,
+            "tta": config.tta}
 
 
 def probe_model(config: IngestConfig, plan: ResourcePlan) -> ModelDescription:

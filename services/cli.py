@@ -50,6 +50,10 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="auto = bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32; serve: the precision "
                              "the collection was written with. Part of the model identity (default auto)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: each vector (and class probability) is the mean over the image "
+                             "and its horizontal mirror; twice the embedding cost, part of the model identity. "
+                             "serve: on by itself when the collection was ingested with it")
 
 
 def _add_logging_flags(parser: argparse.ArgumentParser, level: str = "INFO") -> None:
@@ -60,14 +64,18 @@ def _add_logging_flags(parser: argparse.ArgumentParser, level: str = "INFO") -> 
 def _load_model(args: argparse.Namespace, store: Any = None, collection: str = "") -> Any:
     """The model of the flags; with --precision auto, the precision the collection was written with."""
     from services.embedding import EmbeddingModel, ModelIdentity
+    from services.embedding.model import TTA_SUFFIX
 
-    precision = args.precision
-    if precision == "auto" and store is not None and store.has_collection(collection):
+    precision, tta = args.precision, bool(getattr(args, "tta", False))
+    if store is not None and store.has_collection(collection):
         stored = store.model_identity_json(collection)
         if stored:
-            precision = ModelIdentity.from_json(stored).precision
+            identity = ModelIdentity.from_json(stored)
+            precision = identity.precision if precision == "auto" else precision
+            # A collection of mirrored-and-averaged vectors is only searchable by the same model.
+            tta = tta or identity.architecture.endswith(TTA_SUFFIX)
     return EmbeddingModel.load(args.backbone, weights=args.weights, random_init=args.random_init,
-                               device=args.device, precision=precision)
+                               device=args.device, precision=precision, tta=tta)
 
 
 # -- subcommands -------------------------------------------------------------------------------------------
@@ -85,7 +93,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         dataset=args.dataset, manifest=args.manifest, image_column=args.image_column,
         label_column=args.label_column, split=args.split, limit=args.limit, report_path=args.report,
         progress=not args.no_progress, rerank_descriptor=args.rerank_descriptor, id_salt=args.id_salt,
-        flush_rows=args.flush_rows,
+        flush_rows=args.flush_rows, tta=args.tta,
     )
     report = run_ingestion(config)
     print(report.summary())
@@ -265,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         source=str(source), milvus_uri=uri, collection=args.collection, backbone=args.backbone,
         weights=args.weights, random_init=args.random_init, precision=args.precision, actors=args.actors,
         batch_size=args.batch_size, label_column=args.label_column, split=args.split, limit=args.limit,
-        report_path=str(workdir / "ingest-report.json"),
+        report_path=str(workdir / "ingest-report.json"), tta=args.tta,
     ))
     print(report.summary())
 

@@ -54,6 +54,9 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                         help="'predicted' restricts each search to the class the model's head predicts")
     parser.add_argument("--rerank", default="", choices=["", HOG], help="re-rank the CNN's k_prep hits by HOG L1")
     parser.add_argument("--k-prep", type=int, default=10, help="candidates to re-rank (default %(default)s)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation (seed 001): index and queries embedded as the mean over the image "
+                             "and its mirror, as `cbmir ingest --tta` stores them")
     parser.add_argument("--method", default="", help="label for the table (default: derived, e.g. S1, S4 HOG)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS),
                         help="k values (default 1 5 10 20 50 100)")
@@ -99,7 +102,8 @@ def configs(args: argparse.Namespace) -> list[EvalConfig]:
     if args.cross_fit and args.weights:
         raise SystemExit("cbmir eval: pass --weights (one model) or --cross-fit (one model per fold), not both")
     return [EvalConfig(backbone=args.backbone, weights=args.weights, metric=metric, index=index, prefilter=prefilter,
-                       rerank=args.rerank, k_prep=args.k_prep, method=args.method, cross_fit=args.cross_fit)
+                       rerank=args.rerank, k_prep=args.k_prep, method=args.method, cross_fit=args.cross_fit,
+                       tta=args.tta)
             for metric, index, prefilter in itertools.product(args.metric, args.index, args.prefilter)]
 
 

@@ -26,6 +26,7 @@ class EvalConfig:
     # `cbmir train --folds K --fold i` checkpoint per fold; each fold's model only answers its held-out patients.
     cross_fit: str = ""
     loss: str = ""  # the checkpoint's training loss ("ce" -> S3, "metric" -> S2), filled in by the runner
+    tta: bool = False  # index and queries embedded over the image and its mirror (seed 001's test-time augmentation)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -60,10 +61,12 @@ class EvalConfig:
                 parts.append("+prefilter")
             if self.rerank:
                 parts.append("+HOG")
+            if self.tta:
+                parts.append("+TTA")
             return " ".join(parts)
         if self.rerank:
-            return "S4 CNN+HOG"
-        return "S1"
+            return "S4 CNN+HOG" + (" +TTA" if self.tta else "")
+        return "S1" + (" +TTA" if self.tta else "")
 
     def name(self, weights_tag: str = "") -> str:
         """Directory name under results/quality/<dataset>/: readable and unique per configuration."""
@@ -76,6 +79,8 @@ class EvalConfig:
             parts.append(f"prefilter-{self.prefilter}")
         if self.rerank:
             parts.append(f"rerank-{self.rerank}-k{self.k_prep}")
+        if self.tta:
+            parts.append("tta")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, object]:

@@ -68,6 +68,36 @@ def load_records(root: Path) -> list[dict]:
     return records
 
 
+def archive_records(records: list[dict], archive_root: Path) -> None:
+    """Copy records, without their per-query lists, to a tracked folder: results/ is machine-local, and a
+    report regenerated on another machine must still hold every figure measured so far."""
+    for record in records:
+        slim = {k: v for k, v in record.items() if k not in ("per_query", "_path")}
+        path = archive_root / record["dataset"]["name"] / f"{record['config_name']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(slim, indent=1, sort_keys=False) + "\n")
+
+
+def load_archived(archive_root: Path) -> list[dict]:
+    records = []
+    for path in sorted(archive_root.glob("*/*.json")):
+        record = json.loads(path.read_text())
+        if record.get("schema") == SCHEMA:
+            record["_path"] = str(path)
+            records.append(record)
+    return records
+
+
+def newest_per_config(records: list[dict]) -> list[dict]:
+    """One record per (dataset, configuration): the newest, so a re-run replaces its archived figures."""
+    newest: dict[tuple[str, str], dict] = {}
+    for record in records:
+        key = (record["dataset"]["name"], record["config_name"])
+        if key not in newest or record.get("created", "") >= newest[key].get("created", ""):
+            newest[key] = record
+    return sorted(newest.values(), key=lambda r: (r["dataset"]["name"], r["config_name"]))
+
+
 def cell(estimate: dict | None, ci: bool = True) -> str:
     if not estimate or estimate.get("mean") is None or estimate["mean"] != estimate["mean"]:
         return "–"

@@ -152,7 +152,7 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
     from services.store import MilvusStore
     from services.store.schema import descriptor_collection_name
 
-    model = EmbeddingModel.load(config.backbone, weights=config.weights)
+    model = EmbeddingModel.load(config.backbone, weights=config.weights, tta=config.tta)
     identity = json.loads(model.identity.to_json())
     lopo = spec.protocol == LEAVE_ONE_PATIENT_OUT
     split = spec.index_split
@@ -161,7 +161,7 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
     ingest = {"source": spec.source, "milvus_uri": milvus_uri, "collection": collection, "backbone": config.backbone,
               "weights": config.weights, "split": split, "label_column": spec.label_column, "actors": actors,
               "batch_size": batch_size, "index_type": config.index, "metric": config.metric, "report_path": None,
-              "progress": progress}
+              "progress": progress, "tta": config.tta}
     descriptors = "rerank_descriptor" in {f.name for f in fields(IngestConfig)}
     if descriptors:
         ingest["rerank_descriptor"] = "hog"  # always: the same collection then serves re-ranked configurations

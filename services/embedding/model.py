@@ -30,6 +30,9 @@ from services.embedding.preprocess import Preprocessing, to_batch_tensor
 
 log = logging.getLogger(__name__)
 
+# Marks a test-time-augmented model in its identity's architecture (vectors differ from the plain model's).
+TTA_SUFFIX = "+tta-hflip"
+
 RANDOM_INIT_DIGEST = "random-init-seed0"
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_BATCH_SIZE = 64
@@ -233,7 +236,7 @@ class EmbeddingModel:
         self.dim = dim if dim is not None else spec.dim
         self.preprocessing = Preprocessing(input_size=input_size or spec.input_size, mean=spec.mean, std=spec.std)
         # Test-time augmentation changes the vectors, so it is part of the architecture in the identity.
-        arch = (architecture or spec.name) + ("+tta-hflip" if tta else "")
+        arch = (architecture or spec.name) + (TTA_SUFFIX if tta else "")
         self.identity = ModelIdentity(architecture=arch, weights_sha256=weights_sha256, dim=self.dim,
                                       preprocessing=self.preprocessing.to_dict(), precision=precision)
         self.device = device

@@ -50,3 +50,30 @@ def test_report_keeps_the_hand_written_notes(tmp_path: Path) -> None:
     docs.write_text(text.replace("(no notes yet)", "- tried X: 0.81, did not help"))
     text = write_report(out, docs).read_text()
     assert f"{NOTES_BEGIN}\n- tried X: 0.81, did not help\n{NOTES_END}" in text
+
+
+def test_report_regenerated_without_results_keeps_every_archived_figure(tmp_path: Path) -> None:
+    out, docs = tmp_path / "results", tmp_path / "docs" / "quality.md"
+    old = {**_record("brain-mri", "S1", "s1", 0.70, 0.68, 0.72), "created": "2026-01-01T00:00:00+00:00",
+           "per_query": {"query": ["q1"]}}
+    (out / "brain-mri" / "s1").mkdir(parents=True)
+    (out / "brain-mri" / "s1" / "record.json").write_text(json.dumps(old))
+    write_report(out, docs)
+    archived = tmp_path / "docs" / "records" / "quality" / "brain-mri" / "s1.json"
+    assert "per_query" not in json.loads(archived.read_text())  # slim: the per-query lists stay in results/
+
+    # Another machine: no results/ at all, and one new record; both figures are on the page.
+    other = tmp_path / "elsewhere"
+    new = {**_record("brain-mri", "S2", "s2", 0.80, 0.78, 0.82), "created": "2026-02-01T00:00:00+00:00"}
+    (other / "brain-mri" / "s2").mkdir(parents=True)
+    (other / "brain-mri" / "s2" / "record.json").write_text(json.dumps(new))
+    text = write_report(other, docs).read_text()
+    assert "| brain-mri | S1 | s1 |" in text and "| brain-mri | S2 | s2 |" in text
+
+    # A re-run of a configuration replaces its archived figures (the newest record wins).
+    rerun = {**_record("brain-mri", "S1", "s1", 0.75, 0.73, 0.77), "created": "2026-03-01T00:00:00+00:00"}
+    (other / "brain-mri" / "s1").mkdir(parents=True)
+    (other / "brain-mri" / "s1" / "record.json").write_text(json.dumps(rerun))
+    text = write_report(other, docs).read_text()
+    assert "0.750 [0.730, 0.770]" in text and "0.700 [0.680, 0.720]" not in text
+    assert json.loads(archived.read_text())["figures"]["mAP@10"]["mean"] == 0.75
