@@ -24,6 +24,7 @@ def _words(text: str) -> tuple[str, ...]:
 def cmd_bench_search(args: argparse.Namespace) -> int:
     from bench import report
     from bench.search import FULL_SIZES, QUICK_SIZES, SearchBenchConfig, run
+    from services.store.milvus_server import parse_settings
 
     sizes = args.sizes or (FULL_SIZES if args.full else QUICK_SIZES)
     out_dir = Path(args.out) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -33,6 +34,7 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         index_types=args.index_types, queries=args.queries, budget_s=args.budget, clients=args.clients,
         qps_seconds=args.qps_seconds, with_filter=not args.no_filter, lite_max_rows=args.lite_max_rows,
         seed=args.seed, workdir=str(out_dir / "work"), server_uri=args.server_uri,
+        server_settings=parse_settings(args.server_setting),
     )
     record = {"machine": report.machine(), "versions": report.versions()}
     print(f"cbmir bench search -> {out_dir}  sizes={list(sizes)} engines={list(config.engines)} "
@@ -145,6 +147,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--lite-max-rows", type=int, default=100_000,
                         help="largest N run on Milvus Lite (its search is O(N) in Python; default %(default)s)")
     search.add_argument("--server-uri", default="", help="benchmark this Milvus server instead of starting one")
+    search.add_argument("--server-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="milvus.yaml setting of the started server, repeatable (e.g. "
+                             "dataCoord.segment.maxSize=2048)")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
     search.add_argument("--keep-work", action="store_true", help="keep the Lite files and server data")

@@ -41,6 +41,7 @@ class SearchBenchConfig:
     seed: int = 0
     workdir: str = ""
     server_uri: str = ""                     # use this Milvus server instead of starting one
+    server_settings: dict[str, str] = field(default_factory=dict)  # milvus.yaml keys for the started server
 
 
 @dataclass
@@ -80,7 +81,8 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
     if "server" in config.engines and not config.server_uri:
         from services.store.milvus_server import MilvusServer
 
-        server = (server_factory or (lambda: MilvusServer(data_dir=workdir / "milvus-server")))().start()
+        server = (server_factory or (lambda: MilvusServer(data_dir=workdir / "milvus-server",
+                                                          settings=config.server_settings)))().start()
     server_uri = config.server_uri or (server.uri if server else "")
     record: dict[str, Any] = {"config": asdict(config), "builds": [], "measurements": [], "skipped": [], "errors": []}
     try:

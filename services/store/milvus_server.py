@@ -88,12 +88,15 @@ class MilvusServer:
         port: int | None = None,
         startup_timeout: float = 120.0,
         stop_timeout: float = 10.0,
+        settings: dict[str, str] | None = None,
     ) -> None:
         self._given_data_dir = Path(data_dir).resolve() if data_dir else None
         self.data_dir: Path | None = self._given_data_dir
         self.requested_port = port
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
+        # Extra milvus.yaml keys, dotted (e.g. dataCoord.segment.maxSize=2048): tuning for large collections.
+        self.settings = dict(settings or {})
         self.ports: dict[str, int] = {}
         self.healthz_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -148,11 +151,14 @@ class MilvusServer:
         # Standalone has no other query node to hand segments to, so a graceful stop would wait out the whole
         # timeout (1800 s by default); writes are already durable in the WAL, so a few seconds suffice.
         config.set("common.gracefulStopTimeout", GRACEFUL_STOP_SECONDS)
+        for key, value in self.settings.items():
+            config.set(key, value)
         try:
             config.resolve()  # writes data_dir/configs/milvus.yaml; fails if a chosen port was taken meanwhile
         except RuntimeError as error:
             raise MilvusServerError(
                 f"cannot configure Milvus in {self.data_dir}: {error} (is the port free?)") from None
+        self._check_settings_applied()
         self._pin_embedded_etcd()
 
         env = {
@@ -179,6 +185,20 @@ class MilvusServer:
         log.info("milvus server ready", extra={"uri": self.uri, "data_dir": str(self.data_dir),
                                                "seconds": round(time.monotonic() - started, 1)})
         return self
+
+    def _check_settings_applied(self) -> None:
+        """The `milvus` package drops a key its template lacks without a word: refuse it instead."""
+        import yaml
+
+        assert self.data_dir is not None
+        written = yaml.safe_load((self.data_dir / "configs" / "milvus.yaml").read_text())
+        for key, value in self.settings.items():
+            node: object = written
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None or str(node) != str(value):
+                raise MilvusServerError(f"Milvus setting {key}={value} was not applied: no such key in "
+                                        "milvus.yaml (see the milvus package's config.yaml.template)")
 
     def _pin_embedded_etcd(self) -> None:
         """The embedded etcd ignores `etcd.endpoints` and listens on localhost:2379/2380 unless given its own
@@ -271,9 +291,20 @@ class MilvusServer:
         return "\n".join(tail[-lines:])
 
 
-def run_foreground(data_dir: str | None, port: int | None) -> int:
+def parse_settings(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """KEY=VALUE flags -> milvus.yaml settings; a pair without '=' is refused with the expected form."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"bad Milvus setting {pair!r}: expected KEY=VALUE, e.g. dataCoord.segment.maxSize=2048")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def run_foreground(data_dir: str | None, port: int | None, settings: dict[str, str] | None = None) -> int:
     """`cbmir milvus-server`: start one, print its URI, serve until Ctrl-C, stop cleanly."""
-    server = MilvusServer(data_dir=data_dir, port=port)
+    server = MilvusServer(data_dir=data_dir, port=port, settings=settings)
     stop_requested = False
 
     def _request_stop(signum: int, frame: object) -> None:
@@ -308,4 +339,7 @@ def add_milvus_server_parser(sub) -> None:  # noqa: ANN001 - argparse's private 
     parser.add_argument("--port", type=int, default=None, help="client port (default: a free one; 19530 is usual)")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default %(default)s)")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.set_defaults(func=lambda args: run_foreground(args.data, args.port))
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a milvus.yaml setting, dotted; repeatable (e.g. dataCoord.segment.maxSize=2048: "
+                             "fewer, larger segments for collections of millions)")
+    parser.set_defaults(func=lambda args: run_foreground(args.data, args.port, parse_settings(args.settings)))

@@ -45,3 +45,17 @@ def test_stop_leaves_no_process_and_removes_the_temporary_data_dir() -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
     assert not data_dir.exists()
+
+
+def test_milvus_settings_reach_the_server_config_and_unknown_keys_are_refused(tmp_path) -> None:
+    from services.store.milvus_server import MilvusServerError, parse_settings
+
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_settings(["dataCoord.segment.maxSize"])
+    with pytest.raises(MilvusServerError, match="not applied"):
+        MilvusServer(data_dir=tmp_path / "bad", settings=parse_settings(["dataCoord.segment.noSuchKey=1"])).start()
+    with MilvusServer(data_dir=tmp_path / "good", settings={"dataCoord.segment.maxSize": "1024"}) as server:
+        assert "maxSize: 1024" in (tmp_path / "good" / "configs" / "milvus.yaml").read_text()
+        client = MilvusClient(uri=server.uri)
+        assert isinstance(client.list_collections(), list)
+        client.close()
