@@ -49,6 +49,8 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         shutil.rmtree(out_dir / "work", ignore_errors=True)
     print()
     print(report.table(record))
+    print()
+    print(report.sweep_table(record))
     for line in record["skipped"]:
         print(f"note: {line}")
     for line in record["errors"]:

@@ -67,6 +67,22 @@ def table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(record: dict[str, Any]) -> str:
+    """Every search parameter tried (unfiltered): the recall/latency trade-off the defaults were picked from,
+    with each build's segment count (a server searches every segment)."""
+    builds = {(b["engine"], b["n"], b["index_type"]): b for b in record["builds"]}
+    header = (f"{'engine':7s} {'N':>8s} {'index':9s} {'params':14s} {'recall@10':>9s} {'p50 ms':>7s} {'p99 ms':>7s} "
+              f"{'segments':>8s}")
+    lines = [header, "-" * len(header)]
+    for m in sorted((m for m in record["measurements"] if not m["filtered"]),
+                    key=lambda m: (m["n"], m["index_type"], m["engine"], sorted(m["search_params"].items()))):
+        segments = (builds.get((m["engine"], m["n"], m["index_type"]), {}).get("segments") or {}).get("count", "-")
+        params = ",".join(f"{k}={v}" for k, v in m["search_params"].items()) or "-"
+        lines.append(f"{m['engine']:7s} {m['n']:>8d} {m['index_type']:9s} {params:14s} {m['recall']:>9.3f} "
+                     f"{m['latency']['p50_ms']:>7.2f} {m['latency']['p99_ms']:>7.2f} {segments!s:>8s}")
+    return "\n".join(lines)
+
+
 def _q(qps: dict[int, float], clients: int) -> str:
     return f"{qps[clients]:>7.0f}" if clients in qps else f"{'-':>7s}"
 

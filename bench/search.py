@@ -140,6 +140,7 @@ def _bench_engine(config: SearchBenchConfig, engine: Any, n: int, base: np.ndarr
             "engine": engine.name, "n": n, "index_type": index_type, "build_params": index.build_params,
             "insert_s": loaded.insert_s, "insert_rows_per_s": loaded.insert_rows_per_s, "index_build_s": build_s,
             "index_bytes": engine.memory_bytes(),
+            "segments": engine.segments(),
         })
         engine.prepare_search()
         default = index.search_params or {}

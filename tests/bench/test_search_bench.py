@@ -31,8 +31,12 @@ def test_bench_search_writes_json_plots_and_table(tmp_path: Path, capsys: pytest
     for png in ("latency_vs_n.png", "recall_vs_qps.png"):
         assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
     assert not (run_dir / "work").exists()
+    builds = {b["engine"]: b for b in record["builds"]}
+    assert builds["faiss"]["segments"] is None and isinstance(builds["lite"]["segments"], dict)
     out = capsys.readouterr().out
     assert "recall@10" in out and "lite" in out and "faiss" in out
+    sweep_lines = [line for line in out.splitlines() if line.startswith("faiss") and "ef=" in line]
+    assert {line.split()[3] for line in sweep_lines} >= {f"ef={ef}" for ef in (16, 32, 64, 128, 256)}
 
 
 def test_bench_sizes_above_the_lite_cap_skip_lite_and_say_so(tmp_path: Path) -> None:
