@@ -34,7 +34,7 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         index_types=args.index_types, queries=args.queries, budget_s=args.budget, clients=args.clients,
         qps_seconds=args.qps_seconds, with_filter=not args.no_filter, lite_max_rows=args.lite_max_rows,
         seed=args.seed, workdir=str(out_dir / "work"), server_uri=args.server_uri,
-        server_settings=parse_settings(args.server_setting),
+        server_settings=parse_settings(args.server_setting), reuse=args.reuse,
     )
     record = {"machine": report.machine(), "versions": report.versions()}
     print(f"cbmir bench search -> {out_dir}  sizes={list(sizes)} engines={list(config.engines)} "
@@ -149,6 +149,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--lite-max-rows", type=int, default=100_000,
                         help="largest N run on Milvus Lite (its search is O(N) in Python; default %(default)s)")
     search.add_argument("--server-uri", default="", help="benchmark this Milvus server instead of starting one")
+    search.add_argument("--reuse", action="store_true",
+                        help="with --server-uri: keep each size's collection (bench_<N>) and, on a later run, "
+                             "re-use it and its index when they hold the same vectors: re-time the searches of a "
+                             "10^6 run without re-inserting and re-building")
     search.add_argument("--server-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="milvus.yaml setting of the started server, repeatable (e.g. "
                              "dataCoord.segment.maxSize=2048)")

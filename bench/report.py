@@ -63,7 +63,8 @@ def table(record: dict[str, Any]) -> str:
             f"{m['engine']:7s} {m['n']:>8d} {m['index_type']:9s} {params:14s} {'label' if m['filtered'] else '-':6s} "
             f"{m['recall']:>9.3f} {m['latency']['p50_ms']:>7.2f} {m['latency']['p95_ms']:>7.2f} "
             f"{m['latency']['p99_ms']:>7.2f} {_q(qps, 1)} {_q(qps, 4)} {_q(qps, 16)} "
-            f"{'-' if insert != insert else f'{insert:.0f}':>9s} {b.get('index_build_s', float('nan')):>8.1f}")
+            f"{'-' if insert != insert else f'{insert:.0f}':>9s} "
+            f"{'reused' if b.get('reused') else format(b.get('index_build_s', float('nan')), '.1f'):>8s}")
     return "\n".join(lines)
 
 

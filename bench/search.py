@@ -42,6 +42,7 @@ class SearchBenchConfig:
     workdir: str = ""
     server_uri: str = ""                     # use this Milvus server instead of starting one
     server_settings: dict[str, str] = field(default_factory=dict)  # milvus.yaml keys for the started server
+    reuse: bool = False                      # server: keep the collection, re-use it when it holds these vectors
 
 
 @dataclass
@@ -98,7 +99,7 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
                     record["skipped"].append(reason)
                     progress(reason)
                     continue
-                engine = _engine(engine_name, workdir, n, server_uri)
+                engine = _engine(engine_name, workdir, n, server_uri, config.reuse)
                 try:
                     _bench_engine(config, engine, n, base, labels, queries, query_labels, truth, truth_filtered,
                                   record, progress)
@@ -113,13 +114,13 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
     return record
 
 
-def _engine(name: str, workdir: Path, n: int, server_uri: str) -> Any:
+def _engine(name: str, workdir: Path, n: int, server_uri: str, reuse: bool = False) -> Any:
     if name == "faiss":
         return FaissEngine()
     if name == "lite":
         return MilvusEngine("lite", str(workdir / f"lite-{n}.db"))
     if name == "server":
-        return MilvusEngine("server", server_uri)
+        return MilvusEngine("server", server_uri, collection=f"bench_{n}", reuse=reuse)
     raise ValueError(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")
 
 
@@ -141,6 +142,7 @@ def _bench_engine(config: SearchBenchConfig, engine: Any, n: int, base: np.ndarr
             "insert_s": loaded.insert_s, "insert_rows_per_s": loaded.insert_rows_per_s, "index_build_s": build_s,
             "index_bytes": engine.memory_bytes(),
             "segments": engine.segments(),
+            "reused": bool(getattr(engine, "reused_index", False)),
         })
         engine.prepare_search()
         default = index.search_params or {}

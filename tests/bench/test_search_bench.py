@@ -63,3 +63,20 @@ def test_real_embeddings_file_is_used_and_too_small_a_file_is_refused(tmp_path: 
     assert np.allclose(np.linalg.norm(base, axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="holds 300 vectors"):
         dataset(config, 251)
+
+
+def test_reuse_times_the_searches_again_without_reinserting_or_rebuilding(tmp_path: Path, milvus_server) -> None:
+    from bench.search import SearchBenchConfig, run
+
+    config = SearchBenchConfig(sizes=(1500,), dim=16, engines=("server",), index_types=("HNSW",), queries=20,
+                               budget_s=0.2, clients=(1,), qps_seconds=0.1, with_filter=False,
+                               workdir=str(tmp_path / "w"), server_uri=milvus_server.uri, reuse=True)
+    first = run(config, progress=lambda line: None)
+    second = run(config, progress=lambda line: None)
+    assert not first["builds"][0]["reused"] and first["builds"][0]["insert_s"] > 0
+    assert second["builds"][0]["reused"] and second["builds"][0]["insert_s"] == 0
+    assert second["builds"][0]["segments"]["count"] >= 1
+    # Same vectors, same index: the same answers.
+    assert [m["recall"] for m in second["measurements"]] == [m["recall"] for m in first["measurements"]]
+    other = run(SearchBenchConfig(**{**config.__dict__, "seed": 1}), progress=lambda line: None)
+    assert not other["builds"][0]["reused"]  # other vectors: the collection is rebuilt, never mixed
