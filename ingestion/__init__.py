@@ -3,9 +3,10 @@
 import services  # noqa: F401  (first: it quietens gRPC's fork logging before grpc is imported)
 from ingestion.config import IngestConfig
 from ingestion.report import IngestReport
-from ingestion.sources import SourceError, SourceItem, list_source
+from ingestion.sources import SourceError, SourceItem, SourceScan, iter_source_chunks, list_source, scan_source
 
-__all__ = ["IngestConfig", "IngestReport", "SourceError", "SourceItem", "list_source", "run_ingestion"]
+__all__ = ["IngestConfig", "IngestReport", "SourceError", "SourceItem", "SourceScan", "iter_source_chunks",
+           "list_source", "run_ingestion", "scan_source"]
 
 
 def __getattr__(name: str) -> object:

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from services.store import DEFAULT_COLLECTION, DEFAULT_URI
 
+# Listed items the driver holds as Python objects at a time, and the most per Ray input block: the listing is
+# streamed in chunks of this size, never held whole.
+LISTING_CHUNK_ITEMS = 10_000
+
 
 @dataclass
 class IngestConfig:
@@ -36,6 +40,7 @@ class IngestConfig:
     rerank_descriptor: str = ""  # "hog": also store HOG descriptors so searches can re-rank (seed 003)
     id_salt: str = ""  # keys the image ids (HMAC); the collection records a digest of it, never the salt
     flush_rows: int = 512  # rows per upsert: what a crash can lose (and the rerun redoes)
+    listing_chunk: int = LISTING_CHUNK_ITEMS  # most listed items per chunk held by the driver / per Ray block
     tta: bool = False  # test-time augmentation: average each vector over the image and its mirror (2x embed cost)
 
     def __post_init__(self) -> None:
@@ -51,6 +56,8 @@ class IngestConfig:
             raise ValueError(f"rerank_descriptor must be '' or 'hog', got {self.rerank_descriptor!r}")
         if self.flush_rows < 1:
             raise ValueError(f"flush_rows must be >= 1, got {self.flush_rows}")
+        if self.listing_chunk < 1:
+            raise ValueError(f"listing_chunk must be >= 1, got {self.listing_chunk}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,10 @@ READ_TASK_RETRIES = 4
 # On a cluster, the actor pool starts whole before the first batch is dispatched: a node that starts its actor
 # later (shipping py_modules, importing torch) otherwise sees no batch of a short run, and the work is not spread.
 CLUSTER_ACTOR_START_SECONDS = 600
+# The listing goes to Ray as about this many blocks at most (more past 256 x LISTING_CHUNK_ITEMS items): enough
+# parallel read tasks for a cluster, few enough for the driver, where each block costs ~45 KB (its ref and
+# from_arrow_refs' metadata task; measured by bench/listing_memory.py: 1 563 blocks of 64 items took 69 MiB).
+MAX_LISTING_BLOCKS = 256
 # Where each batch was embedded: the Ray node and actor, so a report can show the actors spread over nodes.
 NODE_ID = "node_id"
 ACTOR_ID = "actor_id"
@@ -155,15 +159,38 @@ def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef], id_salt: str 
     return read_batch(batch, ray.get(existing_ids[0]), id_salt=id_salt)
 
 
-def embedded_batches(rows: list[dict[str, Any]], existing_ids: np.ndarray, config: IngestConfig,
-                     plan: ResourcePlan) -> Iterator[pa.Table]:
-    """Stream the embedded rows (no pixels) back to the driver, one Arrow table per batch, in no fixed order."""
-    if not rows:
-        return
+def listing_block_rows(count: int, batch_size: int, chunk_items: int) -> int:
+    """Listed items per Ray input block: whole batches, at most `chunk_items`, at most ~MAX_LISTING_BLOCKS blocks.
+
+    A function of the item count and the config only, so a rerun cuts the same blocks (block i holds items
+    i*B ... (i+1)*B - 1 of the listing's order).
+    """
+    rows = max(batch_size, math.ceil(count / MAX_LISTING_BLOCKS))
+    rows = math.ceil(rows / batch_size) * batch_size
+    return max(1, min(rows, chunk_items))
+
+
+def listing_dataset(blocks: Iterable[pa.Table]) -> ray.data.Dataset | None:
+    """The listed items (reader.ITEM_SCHEMA tables, in the listing's order) as a Dataset of one block each.
+
+    Each block is put in the object store as it comes: the driver holds one block of items at a time plus one
+    ref per block. from_arrow_refs keeps the refs' order, so every run reads the same blocks in the same order.
+    None when there is nothing to read.
+    """
+    refs, items = [], 0
+    for block in blocks:
+        if block.num_rows:
+            refs.append(ray.put(block))
+            items += block.num_rows
+    log.info("listing: %d items in %d Ray blocks", items, len(refs))
+    return ray.data.from_arrow_refs(refs) if refs else None
+
+
+def read_stage(dataset: ray.data.Dataset, existing_ids: np.ndarray, config: IngestConfig,
+               plan: ResourcePlan) -> ray.data.Dataset:
+    """Read + decode tasks over the listed items; ids in `existing_ids` come out as present, not decoded."""
     ids_ref = ray.put(existing_ids)
-    num_blocks = max(1, math.ceil(len(rows) / config.batch_size))
-    dataset = ray.data.from_items(rows, override_num_blocks=num_blocks)
-    dataset = dataset.map_batches(
+    return dataset.map_batches(
         _read_task,
         batch_format="pyarrow",
         batch_size=config.batch_size,
@@ -171,6 +198,15 @@ def embedded_batches(rows: list[dict[str, Any]], existing_ids: np.ndarray, confi
         num_cpus=plan.read_cpus,
         max_retries=READ_TASK_RETRIES,
     )
+
+
+def embedded_batches(blocks: Iterable[pa.Table], existing_ids: np.ndarray, config: IngestConfig,
+                     plan: ResourcePlan) -> Iterator[pa.Table]:
+    """Stream the embedded rows (no pixels) back to the driver, one Arrow table per batch, in no fixed order."""
+    listed = listing_dataset(blocks)
+    if listed is None:
+        return
+    dataset = read_stage(listed, existing_ids, config, plan)
     embed_options: dict[str, Any] = {"num_cpus": plan.actor_cpus, "max_restarts": ACTOR_MAX_RESTARTS,
                                      "max_task_retries": ACTOR_MAX_TASK_RETRIES}
     if plan.actor_gpus:
@@ -183,6 +219,6 @@ def embedded_batches(rows: list[dict[str, Any]], existing_ids: np.ndarray, confi
         compute=ray.data.ActorPoolStrategy(size=config.actors),
         **embed_options,
     )
-    log.info("ray plan: %d blocks, read tasks %.2f CPU, %d actors x %.2f CPU / %.2f GPU, %d torch threads",
-             num_blocks, plan.read_cpus, config.actors, plan.actor_cpus, plan.actor_gpus, plan.torch_threads)
+    log.info("ray plan: read tasks %.2f CPU, %d actors x %.2f CPU / %.2f GPU, %d torch threads",
+             plan.read_cpus, config.actors, plan.actor_cpus, plan.actor_gpus, plan.torch_threads)
     yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)

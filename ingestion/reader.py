@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,28 @@ READ_SCHEMA = pa.schema(
 )
 # Decoded metadata keys copied when the listing did not name them (a manifest value wins over a DICOM header).
 DECODED_META: tuple[str, ...] = (schema.MODALITY, schema.BODY_PART, schema.VIEW)
+
+
+# Those columns as one schema: the driver ships each block of listed items to Ray as one Arrow table.
+ITEM_SCHEMA = pa.schema([(URI, pa.string()), (NAME, pa.string()), (SPLIT, pa.string()), (ARRAY_INDEX, pa.int64()),
+                         *((f, pa.string()) for f in META_FIELDS)])
+# Ids per step when building the array of stored ids: bounds the Python strings alive at once.
+ID_ARRAY_STEP = 8_192
+
+
+def items_table(items: Sequence[SourceItem], dataset: str) -> pa.Table:
+    """A chunk of listed items as one Arrow table in ITEM_SCHEMA (the columns `item_row` gives one item)."""
+    columns: dict[str, list[Any]] = {
+        URI: [item.uri for item in items],
+        NAME: [item.name for item in items],
+        SPLIT: [item.split or "" for item in items],
+        ARRAY_INDEX: [-1 if item.array_index is None else item.array_index for item in items],
+        schema.LABEL: [item.label for item in items],
+    }
+    for key in (schema.MODALITY, schema.BODY_PART, schema.VIEW):
+        columns[key] = [item.metadata.get(key, "") for item in items]
+    columns[schema.DATASET] = [item.metadata.get(schema.DATASET) or dataset for item in items]
+    return pa.Table.from_pydict(columns, schema=ITEM_SCHEMA)
 
 
 def item_row(item: SourceItem, dataset: str) -> dict[str, Any]:
@@ -115,9 +139,26 @@ def unpack_pixels(data: bytes, shape: list[int]) -> np.ndarray:
     return np.frombuffer(data, dtype=np.float32).reshape(shape)
 
 
-def sorted_id_array(ids: list[str] | set[str]) -> np.ndarray:
-    """Ids as a sorted fixed-width bytes array: compact, zero-copy through Ray's object store, binary-searchable."""
-    return np.array(sorted(ids), dtype=f"S{schema.ID_MAX_LENGTH}")
+def sorted_id_array(ids: Iterable[str]) -> np.ndarray:
+    """Ids as a sorted, distinct fixed-width bytes array: compact, zero-copy through Ray, binary-searchable.
+
+    Filled in steps straight from the iterable, so no Python set of every id is built: 64 B per id held, twice
+    that for the moment the steps are joined, sorted and deduplicated.
+    """
+    dtype = f"S{schema.ID_MAX_LENGTH}"
+    iterator = iter(ids)
+    steps = []
+    while step := list(itertools.islice(iterator, ID_ARRAY_STEP)):
+        steps.append(np.array(step, dtype=dtype))
+    if not steps:
+        return np.zeros(0, dtype=dtype)
+    joined = np.concatenate(steps)
+    steps.clear()
+    # Sorted in place and deduplicated with a mask: np.unique would copy the array once more.
+    joined.sort()
+    keep = np.ones(joined.size, dtype=bool)
+    np.not_equal(joined[1:], joined[:-1], out=keep[1:])
+    return joined[keep]
 
 
 def _contains(sorted_ids: np.ndarray, value: str) -> bool:

@@ -20,6 +20,7 @@ from ingestion.pipeline import (
     NODE_ID,
     cluster_cpus,
     embedded_batches,
+    listing_block_rows,
     node_cpus,
     plan_resources,
     probe_model,
@@ -33,12 +34,12 @@ from ingestion.reader import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PRESENT,
-    item_row,
+    items_table,
     sorted_id_array,
 )
 from ingestion.report import IngestReport
 from ingestion.sink import MilvusSink
-from ingestion.sources import list_source
+from ingestion.sources import scan_source
 from services.embedding import id_salt_digest
 from services.embedding.descriptors import DESCRIPTORS
 from services.store import MilvusStore, ModelMismatchError, choose_index, schema
@@ -49,10 +50,11 @@ log = logging.getLogger(__name__)
 def run_ingestion(config: IngestConfig) -> IngestReport:
     """Ingest `config.source` into the collection; rerunning adds only what is not stored yet."""
     started = time.perf_counter()
-    listing = list_source(config)
+    # Counted and checked here, listed again chunk by chunk as Ray takes the blocks: never held whole.
+    scan = scan_source(config)
     report = IngestReport(
-        source=str(listing.root if listing.kind != "npz" else Path(config.source).resolve()),
-        dataset=listing.dataset, split=config.split, actors=config.actors, batch_size=config.batch_size,
+        source=str(scan.root if scan.kind != "npz" else Path(config.source).resolve()),
+        dataset=scan.dataset, split=config.split, actors=config.actors, batch_size=config.batch_size,
         device=config.device, backbone=config.backbone, collection=config.collection,
         milvus_uri=config.milvus_uri, ray_address=config.ray_address,
     )
@@ -64,7 +66,7 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
                                   node_cpus=node_cpus())
             model = probe_model(config, plan)
             report.model_id = model.model_id
-            index = choose_index(config.index_type, config.metric, expected_rows=len(listing.items))
+            index = choose_index(config.index_type, config.metric, expected_rows=scan.count)
             store.ensure_collection(config.collection, model.identity_json, model.dim, index,
                                     id_salt_digest=id_salt_digest(config.id_salt))
             if config.rerank_descriptor:
@@ -73,17 +75,18 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
             # Loaded once and shipped to the read tasks: they skip stored images before decoding costs pile up.
             stored = store.count(config.collection)
             # A fresh collection has nothing to skip; iterating it anyway makes Milvus Lite log a server error.
-            existing = sorted_id_array(set(store.iter_ids(config.collection)) if stored else set())
+            existing = sorted_id_array(store.iter_ids(config.collection) if stored else ())
             log.info("%d ids already in %s", existing.size, config.collection)
-            rows = [item_row(item, listing.dataset) for item in listing.items]
+            block_rows = listing_block_rows(scan.count, config.batch_size, config.listing_chunk)
+            blocks = (items_table(chunk, scan.dataset) for chunk in scan.iter_chunks(block_rows))
             sink = MilvusSink(store, config.collection, model.dim, flush_rows=config.flush_rows,
                               descriptor=config.rerank_descriptor)
             tally = Tally(report, model.model_id)
             pipeline_started = time.perf_counter()
-            with tqdm(total=len(rows), unit="img", file=sys.stderr, disable=not config.progress,
+            with tqdm(total=scan.count, unit="img", file=sys.stderr, disable=not config.progress,
                       desc="ingest") as bar:
                 try:
-                    for batch in embedded_batches(rows, existing, config, plan):
+                    for batch in embedded_batches(blocks, existing, config, plan):
                         if tally.first_batch_at is None:
                             tally.first_batch_at = time.perf_counter()
                         sink.write(tally.add(batch))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -58,11 +59,11 @@ class _FakeDataset:
 def test_embedding_actors_are_created_with_the_gpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(pipeline.ray, "put", lambda value: value)
-    monkeypatch.setattr(pipeline.ray.data, "from_items", lambda rows, **_: _FakeDataset(calls))
+    monkeypatch.setattr(pipeline.ray.data, "from_arrow_refs", lambda refs, **_: _FakeDataset(calls))
     config = IngestConfig(source="x", device="cuda", gpus_per_actor=0.5, actors=4)
     plan = plan_resources(16, 4, "cuda", 0.5, node_cpus=[8, 8])
 
-    list(pipeline.embedded_batches([{"uri": "a"}], np.zeros(0, "S64"), config, plan))
+    list(pipeline.embedded_batches([pa.table({"uri": ["a"]})], np.zeros(0, "S64"), config, plan))
 
     read, embed = calls
     assert "num_gpus" not in read and read["num_cpus"] == plan.read_cpus  # decoding stays on CPUs

@@ -44,6 +44,17 @@ def _count(config: IngestConfig) -> int:
         store.close()
 
 
+def _stored(config: IngestConfig) -> dict[str, tuple[str, str, str]]:
+    """Every stored row of the collection: id -> (source, label, dataset)."""
+    store = MilvusStore(config.milvus_uri)
+    try:
+        ids = list(store.iter_ids(config.collection))
+        rows = store.get_rows(config.collection, ids, with_vectors=False)
+    finally:
+        store.close()
+    return {key: (row["source"], row["label"], row["dataset"]) for key, row in rows.items()}
+
+
 def _check_totals(report: IngestReport) -> None:
     assert report.read == report.ingested + report.skipped_present + report.duplicates_in_run + report.failed
 
@@ -103,6 +114,25 @@ def test_reingest_same_archive_adds_no_rows(breastmnist_runs: tuple[Run, Run]) -
     _check_totals(second.report)
 
 
+def test_small_listing_chunks_store_the_same_rows_and_a_rerun_adds_none(breastmnist_runs: tuple[Run, Run],
+                                                                        tmp_path: Path) -> None:
+    first, _ = breastmnist_runs
+    # 7 items per chunk: 9 Ray blocks that do not line up with the batches of 16. One actor: half the start-up.
+    config = replace(first.config, milvus_uri=str(tmp_path / "chunked.db"), listing_chunk=7, actors=1,
+                     report_path=None)
+
+    chunked = run_ingestion(config)
+    again = run_ingestion(config)
+
+    assert _stored(config) == _stored(first.config)
+    assert (chunked.read, chunked.ingested, chunked.failed) == (LIMIT, first.report.ingested, 0)
+    assert again.ingested == 0
+    assert again.skipped_present == chunked.ingested
+    assert again.row_count_after == chunked.row_count_after
+    _check_totals(chunked)
+    _check_totals(again)
+
+
 def test_report_json_is_written_with_counts_and_stage_timings(breastmnist_runs: tuple[Run, Run]) -> None:
     first, _ = breastmnist_runs
     written = first.written
@@ -129,7 +159,8 @@ def messy_run(ray_local: None, breastmnist_png_archive: Path, tmp_path_factory: 
     shutil.copy(pngs[0], root / "benign" / "copy_of_first.png")
     (root / "malignant" / "truncated.png").write_bytes(pngs[1].read_bytes()[:70])
     (root / "malignant" / "noise.jpg").write_bytes(bytes(range(256)) * 8)
-    config = _config(root, tmp_path_factory.mktemp("milvus") / "messy.db", report_path=None)
+    # Chunks of 3: the failures and the duplicate pair fall in different Ray blocks and must still be counted.
+    config = _config(root, tmp_path_factory.mktemp("milvus") / "messy.db", report_path=None, listing_chunk=3)
     return Run(config, run_ingestion(config))
 
 
