@@ -43,7 +43,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                              "resnet18, vgg16, squeezenet1_1 (these need --weights or --random-init) "
                              "(default %(default)s)")
     parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="a state_dict file for the backbone (sha256 recorded in the model identity)")
+                        help="a state_dict file for the backbone or a `cbmir train` checkpoint (sha256 recorded in "
+                             "the model identity); A.pt+B.pt joins trained checkpoints into one concatenated "
+                             "ensemble (unit embeddings side by side, class probabilities averaged)")
     parser.add_argument("--random-init", action="store_true",
                         help="allow a randomly initialised backbone (seeded; for tests and plumbing only)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default %(default)s)")

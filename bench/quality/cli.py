@@ -41,7 +41,8 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         help=f"CNN backbone, or '{HOG}' for seed 003's HOG-alone baseline (default %(default)s)")
     parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="state_dict or `cbmir train` checkpoint (S2/S3; densenet121/resnet50/vgg16 for S1)")
+                        help="state_dict or `cbmir train` checkpoint (S2/S3; densenet121/resnet50/vgg16 for S1); "
+                             "A.pt+B.pt: seed 001's concatenated ensemble of trained checkpoints")
     parser.add_argument("--cross-fit", default="", metavar="PATTERN",
                         help="leave-one-patient-out with trained models: one `cbmir train --folds K --fold i` "
                              "checkpoint per fold, as a glob or a path with {fold} (e.g. "

@@ -55,7 +55,8 @@ class EvalConfig:
             return "S4 HOG"
         trained = bool(self.weights or self.cross_fit)
         if trained:
-            seed = {"ce": "S3", "metric": "S2"}.get(self.loss, "trained")
+            # seed 001's concatenated ensemble is part of S2's recipe
+            seed = {"ce": "S3", "metric": "S2", "ensemble": "S2 ensemble"}.get(self.loss, "trained")
             parts = [seed + (" cross-fit" if self.cross_fit else "")]
             if self.prefilter == "predicted":
                 parts.append("+prefilter")

@@ -232,7 +232,7 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
                      "near-exhaustive, so index loss shows in P@k/mAP@10 and ANN recall@10, not in full mAP")
 
     info = store.describe(collection)
-    weights_tag = "imagenet" if not config.weights else f"{Path(config.weights).parent.name or 'weights'}-" \
+    weights_tag = "imagenet" if not config.weights else f"{weights_label(config.weights)}-" \
                                                         f"{identity['weights_sha256'][:8]}"
     extra = {
         "mode": mode,
@@ -309,8 +309,21 @@ def training_summary(weights: str) -> dict | None:
     }
 
 
+def weights_label(weights: str) -> str:
+    """The run directory naming a checkpoint (runs/brain-ce/best.pt -> brain-ce); an ensemble joins its members'."""
+    from services.embedding.ensemble import ensemble_members
+
+    paths = ensemble_members(weights) or [weights]
+    return "+".join(Path(p).parent.name or "weights" for p in paths)
+
+
 def _loss_of(architecture: str) -> str:
-    """'efficientnet_lite0+ce1280' -> 'ce', '…+metric512' -> 'metric', a plain backbone -> ''."""
+    """'efficientnet_lite0+ce1280' -> 'ce', '…+metric512' -> 'metric', 'ensemble[…]' -> 'ensemble', a plain
+    backbone -> ''."""
+    from services.embedding.ensemble import ENSEMBLE_PREFIX
+
+    if architecture.startswith(ENSEMBLE_PREFIX + "["):
+        return "ensemble"
     found = re.search(r"\+(ce|metric)\d+", architecture)
     return found.group(1) if found else ""
 

@@ -26,6 +26,13 @@ from services.embedding.backbones import (
     rename_lukemelas_to_timm,
     sha256_of_file,
 )
+from services.embedding.ensemble import (
+    ConcatEnsemble,
+    check_compatible,
+    ensemble_architecture,
+    ensemble_digest,
+    ensemble_members,
+)
 from services.embedding.preprocess import Preprocessing, to_batch_tensor
 
 log = logging.getLogger(__name__)
@@ -267,8 +274,12 @@ class EmbeddingModel:
         resolved = resolve_precision(precision, device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-        trained = _read_trained_checkpoint(weights) if weights is not None and not random_init else None
-        if trained is not None:
+        members = ensemble_members(weights) if not random_init else []
+        trained = _read_trained_checkpoint(weights) if weights is not None and not random_init and not members \
+            else None
+        if members:
+            model = cls._from_ensemble(members, spec, device, resolved, tta)
+        elif trained is not None:
             model = cls._from_checkpoint(trained, spec, device, resolved, tta)
         else:
             module, digest = build_backbone(spec, weights, random_init)
@@ -307,6 +318,36 @@ class EmbeddingModel:
         model = cls(net, spec, sha256_of_file(ckpt.path), device, precision, classes=ckpt.classes,
                     architecture=ckpt.architecture, dim=ckpt.dim, input_size=ckpt.input_size, tta=tta)
         model.unit_norm = ckpt.kind == "projection"
+        return model
+
+    @classmethod
+    def _from_ensemble(cls, paths: list[str], spec: BackboneSpec, device: str, precision: str,
+                       tta: bool) -> EmbeddingModel:
+        from services.embedding.checkpoint import CheckpointError, net_from_checkpoint
+
+        checkpoints = []
+        for path in paths:
+            if not Path(path).is_file():
+                raise WeightsError(f"ensemble member not found: {path} (join existing `cbmir train` checkpoints "
+                                   "with '+', e.g. runs/brain-ce/best.pt+runs/brain-metric/best.pt)")
+            ckpt = _read_trained_checkpoint(path)
+            if ckpt is None:
+                raise WeightsError(f"ensemble member {path} is not a `cbmir train` checkpoint (an ensemble joins "
+                                   "trained models: their classifier heads are averaged)")
+            if ckpt.backbone != spec.name:
+                raise WeightsError(f"ensemble member {path} was trained on backbone {ckpt.backbone}, not "
+                                   f"{spec.name}: pass --backbone {ckpt.backbone}")
+            checkpoints.append(ckpt)
+        try:
+            check_compatible(checkpoints)
+            nets = [net_from_checkpoint(ckpt, spec) for ckpt in checkpoints]
+        except (CheckpointError, ValueError) as exc:
+            raise WeightsError(str(exc)) from exc
+        model = cls(ConcatEnsemble(nets), spec, ensemble_digest([sha256_of_file(c.path) for c in checkpoints]),
+                    device, precision, classes=checkpoints[0].classes,
+                    architecture=ensemble_architecture([c.architecture for c in checkpoints]),
+                    dim=sum(c.dim for c in checkpoints), input_size=checkpoints[0].input_size, tta=tta)
+        model.unit_norm = True
         return model
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
