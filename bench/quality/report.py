@@ -225,6 +225,9 @@ def prefilter_lines(group: list[dict]) -> list[str]:
 FIGURES = ("precision_recall_vs_k", "pr_curve", "embedding_pca", "embedding_tsne")
 
 
+FIGURES_OF = "figures-of.txt"  # which configuration the copied PNGs belong to
+
+
 def copy_best_figures(by_dataset: dict[str, list[dict]], docs_dir: Path) -> dict[str, list[Path]]:
     """Copy the PNGs of each dataset's best row into docs/figures/quality/<dataset>/ (results/ is not committed).
     A row scored without t-SNE borrows it from a row of the same model and collection: same index vectors."""
@@ -234,15 +237,22 @@ def copy_best_figures(by_dataset: dict[str, list[dict]], docs_dir: Path) -> dict
     for dataset, group in by_dataset.items():
         best = max(group, key=lambda r: r["figures"]["mAP@10"]["mean"])
         target = docs_dir / "figures" / "quality" / dataset
-        if target.is_dir():
-            shutil.rmtree(target)
-        target.mkdir(parents=True, exist_ok=True)
         pngs = {Path(p).stem: Path(p) for p in best.get("pngs", []) if Path(p).is_file()}
         for r in group:
             if r.get("collection") == best.get("collection") and r.get("model", {}).get("model_id") == \
                     best.get("model", {}).get("model_id"):
                 for p in r.get("pngs", []):
-                    pngs.setdefault(Path(p).stem, Path(p))
+                    if Path(p).is_file():
+                        pngs.setdefault(Path(p).stem, Path(p))
+        marker = target / FIGURES_OF
+        if not pngs and marker.is_file() and marker.read_text().strip() == best["config_name"]:
+            # The best row's PNGs live on the machine that ran it (results/ is not committed): keep its copies.
+            copied[dataset] = [target / f"{stem}.png" for stem in FIGURES if (target / f"{stem}.png").is_file()]
+            continue
+        if target.is_dir():
+            shutil.rmtree(target)
+        target.mkdir(parents=True, exist_ok=True)
+        marker.write_text(best["config_name"] + "\n")
         copied[dataset] = []
         for stem in FIGURES:
             if stem in pngs and pngs[stem].is_file():

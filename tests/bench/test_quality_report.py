@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from bench.quality.config import EvalConfig
 from bench.quality.record import SCHEMA
 from bench.quality.report import NOTES_BEGIN, NOTES_END, best_vs_seeds, seed_method, write_report
+from bench.quality.runner import _loss_of, weights_label
 
 
 def _record(dataset: str, method: str, name: str, mean: float, low: float, high: float) -> dict:
@@ -28,6 +30,11 @@ def test_method_labels_name_the_seed_each_trained_configuration_reproduces() -> 
     assert EvalConfig(cross_fit="r/f{fold}/best.pt", loss="ce").method_label() == "S3 cross-fit"
     assert seed_method({"method": "S3 cross-fit +prefilter"}) == "S3 +prefilter"
     assert seed_method({"method": "S2 +prefilter +HOG"}) == ""  # a combination, not a seed baseline
+    ensemble = EvalConfig(weights="runs/ce/best.pt+runs/metric/best.pt", loss="ensemble")
+    assert ensemble.method_label() == "S2 ensemble" and seed_method({"method": "S2 ensemble"}) == "S2 ensemble"
+    assert seed_method({"method": replace(ensemble, prefilter="predicted").method_label()}) == ""
+    assert weights_label("runs/ce/best.pt+runs/metric/best.pt") == "ce+metric"
+    assert _loss_of("ensemble[efficientnet_lite0+ce1280|efficientnet_lite0+metric512]") == "ensemble"
 
 
 def test_best_vs_seeds_checks_margin_and_ci_overlap() -> None:
@@ -77,3 +84,27 @@ def test_report_regenerated_without_results_keeps_every_archived_figure(tmp_path
     text = write_report(other, docs).read_text()
     assert "0.750 [0.730, 0.770]" in text and "0.700 [0.680, 0.720]" not in text
     assert json.loads(archived.read_text())["figures"]["mAP@10"]["mean"] == 0.75
+
+
+def test_copied_figures_of_the_best_row_survive_a_report_on_a_machine_without_its_pngs(tmp_path: Path) -> None:
+    from bench.quality.report import FIGURES_OF, copy_best_figures
+
+    png = tmp_path / "results" / "pr_curve.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"\x89PNG fake")
+    best = {**_record("brain-mri", "S3", "best", 0.9, 0.88, 0.92), "pngs": [str(png)]}
+    docs = tmp_path / "docs"
+    copy_best_figures({"brain-mri": [best]}, docs)
+    copied = docs / "figures" / "quality" / "brain-mri"
+    assert (copied / "pr_curve.png").read_bytes() == b"\x89PNG fake"
+    assert (copied / FIGURES_OF).read_text().strip() == "best"
+
+    png.unlink()  # another machine: the record is archived, its PNGs are not there
+    kept = copy_best_figures({"brain-mri": [best]}, docs)
+    assert kept["brain-mri"] == [copied / "pr_curve.png"] and (copied / "pr_curve.png").is_file()
+
+    # A new best row without PNGs: the old row's figures would mislabel it, so they go.
+    other = {**_record("brain-mri", "S2", "better", 0.95, 0.93, 0.97), "pngs": []}
+    assert copy_best_figures({"brain-mri": [best, other]}, docs)["brain-mri"] == []
+    assert not (copied / "pr_curve.png").exists()
+    assert (copied / FIGURES_OF).read_text().strip() == "better"
