@@ -87,6 +87,24 @@ def chance_precision(record: dict) -> float:
     return sum(nq / n_queries * ((index.get(c, 0) - same_pool) / (total - same_pool)) for c, nq in queries.items())
 
 
+def majority_floor(record: dict) -> float:
+    """mAP@10 of a predicted-class prefilter that always answers the commonest query class: every hit of that
+    class's queries is relevant, none of the others'. A prefilter row must clear it to show any learning."""
+    queries = record["class_counts"]["queries"]
+    return max(queries.values()) / sum(queries.values())
+
+
+def at_majority_floor(record: dict) -> bool:
+    return record["config"].get("prefilter") == "predicted" and \
+        record["figures"]["mAP@10"]["ci_low"] <= majority_floor(record)
+
+
+def best_row(group: list[dict]) -> dict:
+    """The dataset's best configuration by mAP@10, never a prefilter row that only echoes the majority class."""
+    candidates = [r for r in group if not at_majority_floor(r)] or group
+    return max(candidates, key=lambda r: r["figures"]["mAP@10"]["mean"])
+
+
 def observations(group: list[dict]) -> list[str]:
     """Facts the records state on their own: index loss, and rows no better than a random ranking."""
     lines = []
@@ -105,6 +123,11 @@ def observations(group: list[dict]) -> list[str]:
     if floor:
         lines.append(f"- No better than a random ranking (P@10's 95% CI reaches the floor {chance:.3f}): "
                      f"{', '.join(f'`{n}`' for n in floor)}.")
+    majority = [r["config_name"] for r in group if at_majority_floor(r)]
+    if majority:
+        lines.append(f"- No better than a prefilter that always predicts the commonest class (mAP@10's 95% CI "
+                     f"reaches its {majority_floor(group[0]):.3f}; never chosen as the best row): "
+                     f"{', '.join(f'`{n}`' for n in majority)}.")
     return [*lines, ""] if lines else []
 
 
@@ -138,7 +161,7 @@ def best_vs_seeds(by_dataset: dict[str, list[dict]]) -> list[str]:
              "represented by its best row (any metric / index); Δ = best − seed in points.\n"]
     for dataset in sorted(by_dataset):
         group = by_dataset[dataset]
-        best = max(group, key=lambda r: r["figures"]["mAP@10"]["mean"])
+        best = best_row(group)
         b = best["figures"]["mAP@10"]
         lines.append(f"**{dataset}**: best `{best['config_name']}` ({best['method']}) mAP@10 {_ci(b)}\n")
         lines.append("| seed method | its best row | mAP@10 [95% CI] | Δ (points) | CIs overlap | beaten by ≥ 5 with "
@@ -149,9 +172,14 @@ def best_vs_seeds(by_dataset: dict[str, list[dict]]) -> list[str]:
             rows = [r for r in group if seed_method(r) == method]
             if not rows:
                 continue
-            seed = max(rows, key=lambda r: r["figures"]["mAP@10"]["mean"])
+            seed = best_row(rows)
             f = seed["figures"]["mAP@10"]
             delta = b["mean"] - f["mean"]
+            if at_majority_floor(seed) and not at_majority_floor(best):
+                # Its mAP@10 is the commonest class's share, not retrieval: neither a win nor a loss.
+                lines.append(f"| {seed['method']} | `{seed['config_name']}` | {_ci(f)} | – | – | not comparable: "
+                             f"predicts the commonest class (floor {majority_floor(seed):.3f}) |")
+                continue
             if seed is best:
                 lines.append(f"| {seed['method']} | `{seed['config_name']}` | {_ci(f)} | – | – | it is the best row |")
                 verdicts.append(False)
@@ -235,7 +263,7 @@ def copy_best_figures(by_dataset: dict[str, list[dict]], docs_dir: Path) -> dict
 
     copied: dict[str, list[Path]] = {}
     for dataset, group in by_dataset.items():
-        best = max(group, key=lambda r: r["figures"]["mAP@10"]["mean"])
+        best = best_row(group)
         target = docs_dir / "figures" / "quality" / dataset
         pngs = {Path(p).stem: Path(p) for p in best.get("pngs", []) if Path(p).is_file()}
         for r in group:
@@ -269,7 +297,7 @@ def render(records: list[dict], notes: str = "", figures: dict[str, list[Path]] 
     figure_lines = []
     for dataset, paths in sorted((figures or {}).items()):
         if paths:
-            best = max(by_dataset[dataset], key=lambda r: r["figures"]["mAP@10"]["mean"])
+            best = best_row(by_dataset[dataset])
             links = ", ".join(f"[{p.stem}]({p.relative_to(docs_dir).as_posix()})" for p in paths)
             figure_lines.append(f"- {dataset}, best row `{best['config_name']}`: {links}")
     if figure_lines:
@@ -287,7 +315,7 @@ def render(records: list[dict], notes: str = "", figures: dict[str, list[Path]] 
                      f"{chance_precision(first):.3f} here (the class mix), the floor every row must clear.\n")
         parts.append(markdown_table(group))
         parts.append("")
-        best = max(group, key=lambda r: r["figures"]["mAP@10"]["mean"])
+        best = best_row(group)
         parts.append(f"Best mAP@10 here: **{best['method']} `{best['config_name']}`** "
                      f"{best['figures']['mAP@10']['mean']:.3f}. Per class (mAP@10 [95% CI], P@1):\n")
         classes = sorted(best["per_class"])

@@ -108,3 +108,20 @@ def test_copied_figures_of_the_best_row_survive_a_report_on_a_machine_without_it
     assert copy_best_figures({"brain-mri": [best, other]}, docs)["brain-mri"] == []
     assert not (copied / "pr_curve.png").exists()
     assert (copied / FIGURES_OF).read_text().strip() == "better"
+
+
+def test_a_prefilter_that_only_echoes_the_majority_class_is_flagged_and_never_the_best_row() -> None:
+    from bench.quality.report import best_row, majority_floor, observations
+
+    def row(method: str, name: str, mean: float, low: float, high: float, prefilter: str = "off") -> dict:
+        r = _record("mias-severity", method, name, mean, low, high)
+        r["class_counts"]["queries"] = {"normal": 64, "benign": 20, "malignant": 16}
+        r["config"]["prefilter"] = prefilter
+        return r
+
+    hog = row("S4 HOG", "hog", 0.48, 0.45, 0.51)
+    echo = row("S3 +prefilter", "echo", 0.64, 0.60, 0.68, prefilter="predicted")  # CI reaches 0.64
+    learned = row("S3 +prefilter", "learned", 0.75, 0.70, 0.80, prefilter="predicted")
+    assert majority_floor(hog) == 0.64
+    assert best_row([hog, echo]) is hog and best_row([hog, echo, learned]) is learned
+    assert any("commonest class" in line and "`echo`" in line for line in observations([hog, echo, learned]))
