@@ -28,9 +28,18 @@ cbmir train /work/shared/data/brain-mri --out runs/brain-metric-f3 --loss metric
     --patience 5 --threads 2 --no-progress
 cbmir eval brain-mri --weights runs/brain-ce-f3/best.pt --index FLAT --prefilter off predicted
 cbmir eval brain-mri --weights runs/brain-metric-f3/best.pt --index FLAT --prefilter off predicted
+# full fine-tuning (every stage trains, ~80 s per epoch) and a larger input (256 px, 4 cached views)
+cbmir train /work/shared/data/brain-mri --out runs/brain-ce-f0 --loss ce --freeze-blocks 0 --epochs 15 \\
+    --patience 5 --threads 2 --no-progress
+cbmir train /work/shared/data/brain-mri --out runs/brain-ce-f3-s256 --loss ce --freeze-blocks 3 --input-size 256 \\
+    --epochs 15 --patience 5 --threads 2 --no-progress
 # test-time augmentation (seed 001): index and queries embedded as the mean over the image and its mirror
 cbmir eval brain-mri --weights runs/brain-metric-f3/best.pt --index FLAT --prefilter off predicted --tta
-# MIAS: cross-fitting (5 folds of patients; fold i's model never sees fold i's women, and answers only them)
+# concatenated ensemble (seed 001): unit embeddings side by side, class probabilities averaged
+cbmir eval brain-mri --weights runs/brain-ce-f0/best.pt+runs/brain-metric-f3/best.pt --index FLAT \\
+    --prefilter off predicted
+# MIAS: cross-fitting (5 folds of patients; fold i's model never sees fold i's women, and answers only them);
+# S3 on tissue shown; S2 on tissue adds --loss metric, S3 on severity --label-column severity
 for i in 0 1 2 3 4; do cbmir train /work/shared/data/mias --split '' --label-column tissue \\
     --group-column patient_id --folds 5 --fold $i --out runs/mias-tissue-f$i --threads 2 --no-progress; done
 cbmir eval mias-tissue --cross-fit 'runs/mias-tissue-f{fold}/best.pt' --index FLAT --prefilter off predicted
@@ -72,7 +81,9 @@ MISSING = """\
 - S1 with DenseNet121 / ResNet50 / VGG16 (seed 000's backbones): no ImageNet weights file for them is available
   offline; `cbmir eval … --backbone densenet121 --weights PATH` runs them when one is.
 - Test-time augmentation beyond the horizontal mirror (seed 001 averages 5 variants): `--tta` is the mirror only.
-- S2's concatenated two-backbone ensemble: only EfficientNet-Lite0 has offline ImageNet weights here.
+- S2's concatenated ensemble of two *backbones* (seed 001: DenseNet121 + ResNet50): only EfficientNet-Lite0 has
+  offline ImageNet weights here, so `--weights A.pt+B.pt` joins two EfficientNet-Lite0 models trained with
+  different losses (cross-entropy and metric learning) instead.
 - brain-mri's split is by picture, not by patient (the collection names no patients): slices of one patient can
   sit on both sides, which favours near-copy matchers (HOG's high P@1) on top-1 figures.
 """
