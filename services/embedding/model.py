@@ -195,6 +195,19 @@ def _read_trained_checkpoint(weights: str) -> Any:
         raise WeightsError(str(exc)) from exc
 
 
+def _trained_net(ckpt: Any, spec: BackboneSpec) -> nn.Module:
+    """The RetrievalNet of a parsed checkpoint, refused unless it was trained on `spec`'s backbone."""
+    from services.embedding.checkpoint import CheckpointError, net_from_checkpoint
+
+    if ckpt.backbone != spec.name:
+        raise WeightsError(f"checkpoint {ckpt.path} was trained on backbone {ckpt.backbone}, not {spec.name}: "
+                           f"pass --backbone {ckpt.backbone} (backbone={ckpt.backbone!r}) with it")
+    try:
+        return net_from_checkpoint(ckpt, spec)
+    except CheckpointError as exc:
+        raise WeightsError(str(exc)) from exc
+
+
 # ---------------------------------------------------------------------------------------------- precision
 
 
@@ -275,8 +288,7 @@ class EmbeddingModel:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
         members = ensemble_members(weights) if not random_init else []
-        trained = _read_trained_checkpoint(weights) if weights is not None and not random_init and not members \
-            else None
+        trained = None if members or random_init or weights is None else _read_trained_checkpoint(weights)
         if members:
             model = cls._from_ensemble(members, spec, device, resolved, tta)
         elif trained is not None:
@@ -306,16 +318,7 @@ class EmbeddingModel:
     @classmethod
     def _from_checkpoint(cls, ckpt: Any, spec: BackboneSpec, device: str, precision: str,
                          tta: bool) -> EmbeddingModel:
-        from services.embedding.checkpoint import CheckpointError, net_from_checkpoint
-
-        if ckpt.backbone != spec.name:
-            raise WeightsError(f"checkpoint {ckpt.path} was trained on backbone {ckpt.backbone}, not {spec.name}: "
-                               f"pass --backbone {ckpt.backbone} (backbone={ckpt.backbone!r}) with it")
-        try:
-            net = net_from_checkpoint(ckpt, spec)
-        except CheckpointError as exc:
-            raise WeightsError(str(exc)) from exc
-        model = cls(net, spec, sha256_of_file(ckpt.path), device, precision, classes=ckpt.classes,
+        model = cls(_trained_net(ckpt, spec), spec, sha256_of_file(ckpt.path), device, precision, classes=ckpt.classes,
                     architecture=ckpt.architecture, dim=ckpt.dim, input_size=ckpt.input_size, tta=tta)
         model.unit_norm = ckpt.kind == "projection"
         return model
@@ -323,8 +326,6 @@ class EmbeddingModel:
     @classmethod
     def _from_ensemble(cls, paths: list[str], spec: BackboneSpec, device: str, precision: str,
                        tta: bool) -> EmbeddingModel:
-        from services.embedding.checkpoint import CheckpointError, net_from_checkpoint
-
         checkpoints = []
         for path in paths:
             if not Path(path).is_file():
@@ -334,15 +335,12 @@ class EmbeddingModel:
             if ckpt is None:
                 raise WeightsError(f"ensemble member {path} is not a `cbmir train` checkpoint (an ensemble joins "
                                    "trained models: their classifier heads are averaged)")
-            if ckpt.backbone != spec.name:
-                raise WeightsError(f"ensemble member {path} was trained on backbone {ckpt.backbone}, not "
-                                   f"{spec.name}: pass --backbone {ckpt.backbone}")
             checkpoints.append(ckpt)
         try:
             check_compatible(checkpoints)
-            nets = [net_from_checkpoint(ckpt, spec) for ckpt in checkpoints]
-        except (CheckpointError, ValueError) as exc:
+        except ValueError as exc:
             raise WeightsError(str(exc)) from exc
+        nets = [_trained_net(ckpt, spec) for ckpt in checkpoints]
         model = cls(ConcatEnsemble(nets), spec, ensemble_digest([sha256_of_file(c.path) for c in checkpoints]),
                     device, precision, classes=checkpoints[0].classes,
                     architecture=ensemble_architecture([c.architecture for c in checkpoints]),
