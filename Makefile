@@ -6,9 +6,10 @@ setup:
 demo: setup
 	.venv/bin/cbmir demo
 
-test: setup
-	.venv/bin/ruff check .
+test: lint
 	.venv/bin/python -m pytest -q
 
+# ruff, and the import layers of docs/DESIGN.md (import-linter, pyproject [tool.importlinter])
 lint: setup
 	.venv/bin/ruff check .
+	./scripts/lint-imports.sh

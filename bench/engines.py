@@ -15,10 +15,9 @@ import faiss
 import numpy as np
 from pymilvus.exceptions import MilvusException
 
-from services.store import IndexConfig, MilvusStore, choose_index
-from services.store import schema as store_schema
+from cbmir.services.store import IndexConfig, MilvusStore, choose_index
+from cbmir.services.store import schema as store_schema
 
-ENGINES = ("faiss", "lite", "server")
 INSERT_BATCH = 2000
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -11,7 +12,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -66,22 +66,22 @@ def measure(mode: str, source: str, batch_size: int, num_cpus: int, stored_ids: 
         import pymilvus  # noqa: F401
         import torch  # noqa: F401
 
-        import ingestion.pipeline  # noqa: F401  (ray, ray.data, pyarrow)
+        import cbmir.ingestion.pipeline  # noqa: F401  (ray, ray.data, pyarrow)
 
     stages.run("imports (torch, Ray, pymilvus, pyarrow)", imports)
     import ray
     import ray.data
 
-    from ingestion.config import IngestConfig
-    from ingestion.pipeline import listing_block_rows, listing_dataset, plan_resources, ray_session, read_stage
-    from ingestion.reader import STATUS, item_row, items_table, sorted_id_array
-    from ingestion.sources import list_source, scan_source
+    from cbmir.ingestion.batches import STATUS, item_row, items_table
+    from cbmir.ingestion.config import IngestConfig
+    from cbmir.ingestion.pipeline import listing_block_rows, listing_dataset, plan_resources, ray_session, read_stage
+    from cbmir.ingestion.reader import sorted_id_array
+    from cbmir.ingestion.sources import list_source, scan_source
 
     config = IngestConfig(source=source, batch_size=batch_size, progress=False, report_path=None)
-    stages.run("ray.init", lambda: ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                                             configure_logging=False))
     figures: dict[str, Any] = {}
-    with ray_session(None):
+    with contextlib.ExitStack() as ray_stack:
+        stages.run("ray.init", lambda: ray_stack.enter_context(ray_session(num_cpus=num_cpus)))
         if mode == "stream":
             scan = stages.run("scan_source (count, class folder)", lambda: scan_source(config))
             count = scan.count
@@ -173,20 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.files} PNGs in {time.perf_counter() - started:.1f} s under {root}", file=sys.stderr)
         for mode in modes:
             child = subprocess.run(
-                [sys.executable, "-m", "bench.listing_memory", "--measure", mode, "--source", str(root / "archive"),
-                 "--batch-size", str(args.batch_size), "--num-cpus", str(args.num_cpus),
-                 "--stored-ids", str(args.stored_ids)],
-                capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+                [sys.executable, "-m", "cbmir.bench.listing_memory", "--measure", mode,
+                 "--source", str(root / "archive"), "--batch-size", str(args.batch_size),
+                 "--num-cpus", str(args.num_cpus), "--stored-ids", str(args.stored_ids)],
+                capture_output=True, text=True)
             if child.returncode:
                 print(child.stderr, file=sys.stderr)
                 raise SystemExit(f"measuring mode {mode} failed (exit {child.returncode}), its stderr is above")
             results.append(json.loads(child.stdout.strip().splitlines()[-1]))
     finally:
         shutil.rmtree(root, ignore_errors=True)  # 10^5 files must not outlive the measurement
-    from bench.report import machine, versions
+    from cbmir.bench.run_record import machine, versions
 
     record = {"benchmark": "listing_memory", "machine": machine(),
-              "versions": {**versions(), **{p: metadata.version(p) for p in ("ray", "pyarrow")}},
+              "versions": versions(),
               "config": {k: v for k, v in vars(args).items() if k not in ("measure", "source")},
               "results": results}
     if args.out:

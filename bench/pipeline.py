@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.metrics import throughput
+from cbmir.bench.metrics import throughput
 
 SHARED_BRAIN_MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-mri"
 
@@ -21,7 +21,7 @@ def default_source() -> tuple[str, str | None]:
     """brain-mri when ../shared/data is here (index train, query test); else the shipped DICOM sample."""
     if (SHARED_BRAIN_MRI / "labels.csv").exists():
         return str(SHARED_BRAIN_MRI), "train"
-    from ingestion.samples import build_dicom_archive
+    from cbmir.ingestion.samples import build_dicom_archive
 
     return str(build_dicom_archive(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "dicom")), None
 
@@ -60,12 +60,12 @@ class QueryBenchConfig:
 
 def run_query_bench(config: QueryBenchConfig) -> dict[str, Any]:
     """Ingest (skipped when already there), serve over real gRPC on 127.0.0.1, time each stage of each query."""
-    from ingestion import IngestConfig, run_ingestion
-    from services.embedding import EmbeddingModel, ImageDecodeError, decode_image
-    from services.query.client import RetrievalClient
-    from services.query.engine import RetrievalEngine
-    from services.query.server import start_server
-    from services.store import MilvusStore
+    from cbmir.ingestion import IngestConfig, run_ingestion
+    from cbmir.services.embedding import EmbeddingModel, ImageDecodeError, decode_image
+    from cbmir.services.query.client import RetrievalClient
+    from cbmir.services.query.engine import RetrievalEngine
+    from cbmir.services.query.server import start_server
+    from cbmir.services.store import MilvusStore
 
     uri = config.milvus_uri or str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "bench.db")
     report = run_ingestion(IngestConfig(source=config.source, split=config.split, milvus_uri=uri,
@@ -160,7 +160,7 @@ class IngestBenchConfig:
 
 def bare_model_rate(images: list[np.ndarray], batch_size: int) -> float:
     """The model's own images/s on this CPU, all threads, preprocess included, no Ray, no I/O."""
-    from services.embedding import EmbeddingModel
+    from cbmir.services.embedding import EmbeddingModel
 
     model = EmbeddingModel.load(precision="auto")
     model.embed(images[:batch_size])  # warm-up
@@ -171,8 +171,8 @@ def bare_model_rate(images: list[np.ndarray], batch_size: int) -> float:
 
 
 def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[str, Any]:
-    from ingestion import IngestConfig, run_ingestion
-    from services.embedding import ImageDecodeError, decode_image
+    from cbmir.ingestion import IngestConfig, run_ingestion
+    from cbmir.services.embedding import ImageDecodeError, decode_image
 
     decoded = []
     for data in query_images(config.source, None, config.bare_images * 2):

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def embed_folder(root: str | Path, out: str | Path, backbone: str = "efficientnet_lite0", limit: int = 500,
                  seed: int = 0, batch_size: int = 32) -> Path:
     """Embed up to `limit` images (a seeded sample across labels) and save `embeddings` + `labels` to an .npz."""
-    from services.embedding import EmbeddingModel, decode_image
+    from cbmir.services.embedding import EmbeddingModel, decode_image
 
     root = Path(root)
     manifest = root / "labels.csv"

@@ -1,43 +1,10 @@
-"""Benchmark outputs: the machine and versions, the JSON record, a printed table, PNG plots."""
+"""Search benchmark outputs: the JSON record, a printed table, PNG plots (machine and versions: run_record)."""
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-PACKAGES = ("pymilvus", "milvus-lite", "milvus", "faiss-cpu", "numpy", "torch")
-
-
-def machine() -> dict[str, Any]:
-    cpu = ""
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx512f", "amx", "avx2"))]
-    except OSError:
-        pass
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
-    return {"cpu": cpu or platform.processor(),
-            "cores": os.cpu_count(), "cpu_flags": sorted(set(flags)), "ram_gib": round(ram / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else []}
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "absent"
-    return out
 
 
 def write_json(record: dict[str, Any], out_dir: Path) -> Path:

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from bench import ground_truth, metrics, vectors
-from bench.engines import ENGINES, FaissEngine, MilvusEngine, index_config, label_name, sweep
+from cbmir.bench import ENGINES, ground_truth, metrics, vectors
+from cbmir.bench.engines import FaissEngine, MilvusEngine, index_config, label_name, sweep
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
     workdir.mkdir(parents=True, exist_ok=True)
     server = None
     if "server" in config.engines and not config.server_uri:
-        from services.store.milvus_server import MilvusServer
+        from cbmir.services.store.milvus_server import MilvusServer
 
         server = (server_factory or (lambda: MilvusServer(data_dir=workdir / "milvus-server",
                                                           settings=config.server_settings)))().start()

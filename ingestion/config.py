@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.store import DEFAULT_COLLECTION, DEFAULT_URI
+from cbmir.services.store import DEFAULT_COLLECTION, DEFAULT_URI
 
 # Listed items the driver holds as Python objects at a time, and the most per Ray input block: the listing is
 # streamed in chunks of this size, never held whole.

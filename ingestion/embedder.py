@@ -11,15 +11,26 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ingestion.reader import PIXELS, REASON, SHAPE, STATUS, STATUS_FAILED, STATUS_OK, unpack_pixels
-from services.embedding import EmbeddingModel
-from services.embedding.descriptors import DESCRIPTORS, hog_descriptors
-from services.embedding.preprocess import to_batch_tensor
-from services.store import schema
+from cbmir.ingestion.batches import (
+    DESCRIPTOR,
+    EMBED_SECONDS,
+    EMBEDDING,
+    MODEL_ID,
+    PIXELS,
+    PREDICTED_LABEL,
+    REASON,
+    SHAPE,
+    STATUS,
+    STATUS_FAILED,
+    STATUS_OK,
+)
+from cbmir.ingestion.reader import unpack_pixels
+from cbmir.services.embedding import EmbeddingModel
+from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptors
+from cbmir.services.embedding.preprocess import to_batch_tensor
 
 log = logging.getLogger(__name__)
 
-EMBED_SECONDS = "embed_seconds"  # the batch's embedding time, spread evenly over its rows
 # Fault injection for the reliability tests: when set to a path, the first actor to get a batch creates that file
 # and dies on the spot (os._exit, like an OOM kill), once per file. Ray must restart it and re-run the batch.
 FAULT_EXIT_ONCE_ENV = "CBMIR_FAULT_EMBEDDER_EXIT_ONCE"
@@ -88,11 +99,11 @@ class Embedder:
         out = out.set_column(out.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
         out = out.set_column(out.schema.get_field_index(REASON), REASON, pa.array(reasons, pa.string()))
         embeddings = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim)
-        out = out.append_column(schema.EMBEDDING, embeddings)
-        out = out.append_column(schema.MODEL_ID, pa.array([self.model_id] * batch.num_rows, pa.string()))
-        out = out.append_column(schema.PREDICTED_LABEL, pa.array(predicted, pa.string()))
+        out = out.append_column(EMBEDDING, embeddings)
+        out = out.append_column(MODEL_ID, pa.array([self.model_id] * batch.num_rows, pa.string()))
+        out = out.append_column(PREDICTED_LABEL, pa.array(predicted, pa.string()))
         if self.descriptor:
-            out = out.append_column(schema.DESCRIPTOR, pa.FixedSizeListArray.from_arrays(
+            out = out.append_column(DESCRIPTOR, pa.FixedSizeListArray.from_arrays(
                 pa.array(descriptors.reshape(-1), pa.float32()), descriptors.shape[1]))
         return out.append_column(EMBED_SECONDS, pa.array([elapsed / max(batch.num_rows, 1)] * batch.num_rows,
                                                          pa.float64()))

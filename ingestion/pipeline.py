@@ -6,6 +6,8 @@ import contextlib
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,9 @@ import ray
 import ray.data
 import ray.exceptions
 
-from ingestion.config import IngestConfig
-from ingestion.embedder import Embedder, ModelDescription, describe_model
-from ingestion.reader import read_batch
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.embedder import Embedder, ModelDescription, describe_model
+from cbmir.ingestion.reader import read_batch
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +84,19 @@ def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: 
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
-    """Use the Ray already running in this process, else start one (local, or attached to `address`)."""
+def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Use the Ray already running in this process, else start one: local (`num_cpus`: Ray's own count of this
+    machine by default), or attached to the cluster at `address`. The one place cbmir starts Ray."""
     started_here = False
     if not ray.is_initialized():
         if address is None:
             # Worker logs stay in /tmp/ray/session_*/logs: the driver's output is the progress bar and summary.
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
         else:
-            # Ship this checkout's packages so cluster workers run the same reader and model code as the driver.
-            root = Path(__file__).resolve().parents[1]
+            # Ship the driver's cbmir package so cluster workers run the same reader and model code.
             ray.init(address=address, logging_level=logging.WARNING,
-                     runtime_env={"py_modules": [str(root / "ingestion"), str(root / "services")]})
+                     runtime_env={"py_modules": [str(staged_cbmir_package())]})
         started_here = True
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the runner draws one bar over images, not one per operator
@@ -109,6 +112,27 @@ def ray_session(address: str | None) -> Iterator[None]:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def staged_cbmir_package() -> Path:
+    """A directory holding the `cbmir` package as the driver imports it, with what workers run: the stubs,
+    cbmir.services and cbmir.ingestion.
+
+    An installed wheel already has that shape; a source checkout maps the repository's top folders into the
+    namespace, so they are copied into one tree. Ray uploads it by content hash: an unchanged tree is sent once.
+    """
+    import cbmir
+    import cbmir.ingestion
+    import cbmir.services
+
+    staged = Path(tempfile.mkdtemp(prefix="cbmir-py-module-")) / "cbmir"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(Path(cbmir.__file__).parent, staged, ignore=shutil.ignore_patterns(
+        "__pycache__", "*.pyc", "services", "ingestion", "training", "bench"))
+    for area in (cbmir.services, cbmir.ingestion):
+        name = area.__name__.rpartition(".")[2]
+        shutil.copytree(Path(area.__file__).parent, staged / name, ignore=skip, dirs_exist_ok=True)
+    return staged
 
 
 def cluster_cpus() -> float:

@@ -6,75 +6,37 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ingestion.sources import SourceItem
-from services.embedding import ImageDecodeError, decode_array, decode_image, image_id
-from services.store import schema
+from cbmir.ingestion.batches import (
+    ARRAY_INDEX,
+    DECODE_SECONDS,
+    DECODED_META,
+    ID,
+    ID_MAX_LENGTH,
+    META_FIELDS,
+    NAME,
+    PIXELS,
+    READ_SCHEMA,
+    REASON,
+    SHAPE,
+    SPLIT,
+    STATUS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PRESENT,
+    URI,
+)
+from cbmir.services.embedding import ImageDecodeError, decode_array, decode_image, image_id
 
 log = logging.getLogger(__name__)
 
-STATUS_OK = "ok"  # decoded, not in the collection yet: to embed and store
-STATUS_PRESENT = "present"  # its id is already in the collection: skipped without embedding
-STATUS_FAILED = "failed"  # unreadable or undecodable: reported with a reason
-
-# Columns of a listed item (what the driver hands to Ray; strings only, so blocks stay small and typed).
-NAME = "name"
-URI = "uri"
-ARRAY_INDEX = "array_index"  # -1 for files
-SPLIT = "split"
-META_FIELDS: tuple[str, ...] = (schema.LABEL, schema.MODALITY, schema.BODY_PART, schema.VIEW, schema.DATASET)
-# Columns the reader adds.
-STATUS = "status"
-REASON = "reason"
-PIXELS = "pixels"  # float32 bytes of the decoded image, C order
-SHAPE = "shape"
-DECODE_SECONDS = "decode_seconds"  # the batch's decode time, spread evenly over its rows
-
-READ_SCHEMA = pa.schema(
-    [(schema.ID, pa.string()), (NAME, pa.string()), *((f, pa.string()) for f in META_FIELDS),
-     (STATUS, pa.string()), (REASON, pa.string()), (PIXELS, pa.large_binary()), (SHAPE, pa.list_(pa.int32())),
-     (DECODE_SECONDS, pa.float64())]
-)
-# Decoded metadata keys copied when the listing did not name them (a manifest value wins over a DICOM header).
-DECODED_META: tuple[str, ...] = (schema.MODALITY, schema.BODY_PART, schema.VIEW)
-
-
-# Those columns as one schema: the driver ships each block of listed items to Ray as one Arrow table.
-ITEM_SCHEMA = pa.schema([(URI, pa.string()), (NAME, pa.string()), (SPLIT, pa.string()), (ARRAY_INDEX, pa.int64()),
-                         *((f, pa.string()) for f in META_FIELDS)])
 # Ids per step when building the array of stored ids: bounds the Python strings alive at once.
 ID_ARRAY_STEP = 8_192
-
-
-def items_table(items: Sequence[SourceItem], dataset: str) -> pa.Table:
-    """A chunk of listed items as one Arrow table in ITEM_SCHEMA (the columns `item_row` gives one item)."""
-    columns: dict[str, list[Any]] = {
-        URI: [item.uri for item in items],
-        NAME: [item.name for item in items],
-        SPLIT: [item.split or "" for item in items],
-        ARRAY_INDEX: [-1 if item.array_index is None else item.array_index for item in items],
-        schema.LABEL: [item.label for item in items],
-    }
-    for key in (schema.MODALITY, schema.BODY_PART, schema.VIEW):
-        columns[key] = [item.metadata.get(key, "") for item in items]
-    columns[schema.DATASET] = [item.metadata.get(schema.DATASET) or dataset for item in items]
-    return pa.Table.from_pydict(columns, schema=ITEM_SCHEMA)
-
-
-def item_row(item: SourceItem, dataset: str) -> dict[str, Any]:
-    """The flat row the driver ships to Ray for one SourceItem."""
-    row: dict[str, Any] = {URI: item.uri, NAME: item.name, SPLIT: item.split or "",
-                           ARRAY_INDEX: -1 if item.array_index is None else item.array_index,
-                           schema.LABEL: item.label}
-    for key in (schema.MODALITY, schema.BODY_PART, schema.VIEW):
-        row[key] = item.metadata.get(key, "")
-    row[schema.DATASET] = item.metadata.get(schema.DATASET) or dataset
-    return row
 
 
 def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt: str = "") -> pa.Table:
@@ -100,7 +62,7 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt:
 def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: str = "") -> dict[str, Any]:
     """One item → its output row; every failure is caught here and becomes a reason."""
     row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
-                           schema.ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: []}
+                           ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: []}
     try:
         if item[ARRAY_INDEX] >= 0:
             decoded = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
@@ -121,11 +83,11 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         log.warning("unexpected error decoding %s", item[NAME], exc_info=True)
         row[REASON] = f"{type(error).__name__}: {error}"
         return row
-    row[schema.ID] = image_id(decoded.content_key, salt=id_salt)
+    row[ID] = image_id(decoded.content_key, salt=id_salt)
     for key in DECODED_META:
         if not row[key]:
             row[key] = str(decoded.metadata.get(key) or "")
-    if existing_ids is not None and _contains(existing_ids, row[schema.ID]):
+    if existing_ids is not None and _contains(existing_ids, row[ID]):
         row[STATUS] = STATUS_PRESENT
         return row
     pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
@@ -145,7 +107,7 @@ def sorted_id_array(ids: Iterable[str]) -> np.ndarray:
     Filled in steps straight from the iterable, so no Python set of every id is built: 64 B per id held, twice
     that for the moment the steps are joined, sorted and deduplicated.
     """
-    dtype = f"S{schema.ID_MAX_LENGTH}"
+    dtype = f"S{ID_MAX_LENGTH}"
     iterator = iter(ids)
     steps = []
     while step := list(itertools.islice(iterator, ID_ARRAY_STEP)):

@@ -13,9 +13,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from ingestion.config import IngestConfig
-from ingestion.embedder import EMBED_SECONDS
-from ingestion.pipeline import (
+from cbmir.ingestion.batches import (
+    DECODE_SECONDS,
+    EMBED_SECONDS,
+    ID,
+    MODEL_ID,
+    NAME,
+    REASON,
+    STATUS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PRESENT,
+    items_table,
+)
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.pipeline import (
     ACTOR_ID,
     NODE_ID,
     cluster_cpus,
@@ -26,23 +38,13 @@ from ingestion.pipeline import (
     probe_model,
     ray_session,
 )
-from ingestion.reader import (
-    DECODE_SECONDS,
-    NAME,
-    REASON,
-    STATUS,
-    STATUS_FAILED,
-    STATUS_OK,
-    STATUS_PRESENT,
-    items_table,
-    sorted_id_array,
-)
-from ingestion.report import IngestReport
-from ingestion.sink import MilvusSink
-from ingestion.sources import scan_source
-from services.embedding import id_salt_digest
-from services.embedding.descriptors import DESCRIPTORS
-from services.store import MilvusStore, ModelMismatchError, choose_index, schema
+from cbmir.ingestion.reader import sorted_id_array
+from cbmir.ingestion.report import IngestReport
+from cbmir.ingestion.sink import MilvusSink
+from cbmir.ingestion.sources import scan_source
+from cbmir.services.embedding import id_salt_digest
+from cbmir.services.embedding.descriptors import DESCRIPTORS
+from cbmir.services.store import MilvusStore, ModelMismatchError, choose_index
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ class Tally:
             return batch
         if self.first_batch_at is not None and report.read:
             self.after_first += batch.num_rows
-        models = set(batch.column(schema.MODEL_ID).to_pylist())
+        models = set(batch.column(MODEL_ID).to_pylist())
         if models - {self.model_id}:
             raise ModelMismatchError(
                 f"the Ray actors loaded model {', '.join(sorted(models))}, the driver {self.model_id}: do the "
@@ -155,7 +157,7 @@ class Tally:
         report.stage_seconds["embed"] += embed
         log.debug("batch of %d: read+decode %.3f s, embed %.3f s", batch.num_rows, decode, embed)
         keep = []
-        ids = batch.column(schema.ID).to_pylist()
+        ids = batch.column(ID).to_pylist()
         names = batch.column(NAME).to_pylist()
         reasons = batch.column(REASON).to_pylist()
         for image_id, name, status, reason in zip(ids, names, batch.column(STATUS).to_pylist(), reasons,

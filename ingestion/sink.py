@@ -7,18 +7,12 @@ import time
 
 import pyarrow as pa
 
-from ingestion.reader import NAME
-from services.store import MilvusStore, schema
+from cbmir.ingestion.batches import DESCRIPTOR, ID, NAME, SOURCE, record_batch_schema
+from cbmir.services.store import MilvusStore
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_ROWS = 512  # rows per upsert: large enough to amortise a round trip, small enough to lose little
-
-
-def record_batch_schema(dim: int) -> pa.Schema:
-    """The Arrow layout MilvusStore.upsert takes: id, the vector, then every VARCHAR field of the store."""
-    return pa.schema([(schema.ID, pa.string()), (schema.EMBEDDING, pa.list_(pa.float32(), dim)),
-                      *((name, pa.string()) for name in schema.SCALAR_FIELDS)])
 
 
 class MilvusSink:
@@ -41,7 +35,7 @@ class MilvusSink:
         """Embedded rows (reader + embedder columns) → the store's columns; `source` is the item's name."""
         columns: list[pa.Array] = []
         for field in self.schema:
-            column = rows.column(NAME) if field.name == schema.SOURCE else rows.column(field.name)
+            column = rows.column(NAME) if field.name == SOURCE else rows.column(field.name)
             columns.append(column.combine_chunks().cast(field.type) if isinstance(column, pa.ChunkedArray)
                            else column.cast(field.type))
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
@@ -51,7 +45,7 @@ class MilvusSink:
             return
         self._pending.append(self.to_record_batch(rows))
         if self.descriptor:
-            self._pending_descriptors.append(rows.select([schema.ID, schema.DESCRIPTOR]))
+            self._pending_descriptors.append(rows.select([ID, DESCRIPTOR]))
         self._pending_rows += rows.num_rows
         if self._pending_rows >= self.flush_rows:
             self._upsert_pending()
@@ -66,9 +60,9 @@ class MilvusSink:
         # Descriptors after vectors: a crash in between leaves a row without its descriptor, which a re-rank
         # treats as "no HOG" (ranked last), never a descriptor without its row.
         for part in self._pending_descriptors:
-            vectors = part.column(schema.DESCRIPTOR).combine_chunks()
+            vectors = part.column(DESCRIPTOR).combine_chunks()
             dim = vectors.type.list_size
-            self.store.upsert_descriptors(self.collection, self.descriptor, part.column(schema.ID).to_pylist(),
+            self.store.upsert_descriptors(self.collection, self.descriptor, part.column(ID).to_pylist(),
                                           vectors.values.to_numpy(zero_copy_only=False).reshape(-1, dim))
         written = self._pending_rows
         self._pending, self._pending_rows, self._pending_descriptors = [], 0, []

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ingestion.config import LISTING_CHUNK_ITEMS, IngestConfig
+from cbmir.ingestion.config import LISTING_CHUNK_ITEMS, IngestConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up cbmir from a fresh clone: a virtualenv in .venv, every dependency, and the generated gRPC stubs.
-# Idempotent and quick when nothing changed (a stamp records the pyproject.toml it installed).
+# Set up cbmir from a fresh clone: a virtualenv in .venv, every dependency, and cbmir itself (editable; building
+# it generates the gRPC stubs of proto/ into cbmir/v1/). Idempotent and quick when nothing changed (a stamp
+# records the build inputs it installed: pyproject.toml, setup.py and the .proto files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,14 +15,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 stamp=.venv/.cbmir-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py proto/cbmir/v1/*.proto | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing dependencies (first time: a few minutes, ~6 GB)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  # compat mode puts the checkout on sys.path, so generated stubs and Ray workers see the same tree.
-  .venv/bin/python -m pip install --quiet -e ".[dev,server]" --config-settings editable_mode=compat
+  # Editable: the folders of this checkout map into the one `cbmir` package (pyproject [tool.setuptools]).
+  .venv/bin/python -m pip install --quiet -e ".[dev,server]"
   echo "$want" > "$stamp"
 fi
 
-.venv/bin/python -m services.query.protogen
 echo "setup: ready (.venv/bin/cbmir --help)"

@@ -7,14 +7,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The errors a user can fix. Decode, weights, filter and config errors are ValueErrors; the store's are not,
+    and a class whose module was never imported cannot have been raised, so `cbmir search` never loads pymilvus."""
+    found: list[type[BaseException]] = [FileNotFoundError, ValueError]
+    store = sys.modules.get("cbmir.services.store.milvus")
+    if store is not None:
+        found.append(store.StoreError)
+    return tuple(found)
+
+
 @contextmanager
 def friendly_errors() -> Iterator[None]:
-    from services.embedding import ImageDecodeError, WeightsError
-    from services.store import StoreError
-
     try:
         yield
-    except (StoreError, WeightsError, ImageDecodeError, FileNotFoundError, ValueError) as error:
+    except _user_error_types() as error:
         print(f"cbmir: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingestion.samples import BREASTMNIST_SUBSET, build_dicom_archive
-from services.store.milvus_server import MilvusServer
+from cbmir.ingestion.samples import BREASTMNIST_SUBSET, build_dicom_archive
+from cbmir.services.store.milvus_server import MilvusServer
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

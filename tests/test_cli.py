@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-CBMIR = [sys.executable, "-m", "services.cli"]
+CBMIR = [sys.executable, "-m", "cbmir.cli"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,3 +52,15 @@ def test_demo_ingests_serves_queries_and_stops(tmp_path: Path) -> None:
     assert len(hit_lines) == 3
     report = json.loads((tmp_path / "demo" / "ingest-report.json").read_text())
     assert report["ingested"] > 0 and report["failed"] == len(report["failures"])
+
+
+def test_search_loads_neither_torch_nor_pymilvus(tmp_path: Path) -> None:
+    # The client side of the house: a query is bytes over gRPC, so `cbmir search` starts without the model or store.
+    image = tmp_path / "q.png"
+    image.write_bytes(b"not really")
+    code = ("import sys; from cbmir.cli import main\n"
+            "try:\n    main(['search', sys.argv[1], '--target', '127.0.0.1:1', '--timeout', '1'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'pymilvus', 'ray', 'faiss') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(image)], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr[-2000:]

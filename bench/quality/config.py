@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-from services.store import INDEX_TYPES, METRICS
+from cbmir.services.store import INDEX_TYPES, METRICS
 
+DEFAULT_OUT = Path("results/quality")
+DEFAULT_DB = "results/quality/quality.db"
 HOG = "hog"  # backbone name of the seed-003 HOG-alone baseline (brute-force L1, no Milvus)
 PREFILTERS = ("off", "predicted")
 RERANKS = ("", HOG)

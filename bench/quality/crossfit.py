@@ -13,7 +13,7 @@ import glob
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, DatasetSpec
+from cbmir.bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, DatasetSpec
 
 FOLD_FIELD = "{fold}"
 
@@ -47,7 +47,7 @@ def resolve_paths(pattern: str) -> list[str]:
 
 
 def read_fold(path: str) -> FoldModel:
-    from services.embedding.checkpoint import is_checkpoint_object, read_raw
+    from cbmir.services.embedding.checkpoint import is_checkpoint_object, read_raw
 
     try:
         raw = read_raw(path)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ingestion.config import IngestConfig
-from ingestion.sources import DEFAULT_MANIFEST, SourceItem, SourceListing, list_source
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.sources import DEFAULT_MANIFEST, SourceItem, SourceListing, list_source
 
 SPLIT = "split"
 LEAVE_ONE_PATIENT_OUT = "leave-one-patient-out"
@@ -94,7 +94,7 @@ def image_bytes(item: SourceItem) -> bytes:
 
 def decode_item(item: SourceItem) -> np.ndarray:
     """Decoded pixels of an item by the same functions ingestion's reader uses."""
-    from services.embedding import decode_array, decode_image
+    from cbmir.services.embedding import decode_array, decode_image
 
     if item.array_index is None:
         return decode_image(Path(item.uri).read_bytes()).pixels

@@ -1,6 +1,6 @@
 """Seed 003's HOG-alone baseline: HOG of every image, brute-force L1 ranking in numpy (no Milvus, no CNN).
 
-The descriptor is the one the engine re-ranks with (services.embedding.descriptors.hog_descriptor), so "HOG
+The descriptor is the one the engine re-ranks with (cbmir.services.embedding.descriptors.hog_descriptor), so "HOG
 alone" and "CNN + HOG re-rank" compare the same HOG.
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 from scipy.spatial.distance import cdist
 from tqdm import tqdm
 
-from bench.quality.datasets import decode_item
-from bench.quality.protocols import IndexView, Query, Ranking
-from ingestion.sources import SourceItem
-from services.embedding.descriptors import DESCRIPTORS, hog_descriptor
+from cbmir.bench.quality.datasets import decode_item
+from cbmir.bench.quality.protocols import IndexView, Query, Ranking
+from cbmir.ingestion.sources import SourceItem
+from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor
 
 log = logging.getLogger(__name__)
 

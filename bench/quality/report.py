@@ -6,7 +6,14 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from bench.quality.record import archive_records, load_archived, load_records, markdown_table, newest_per_config, now
+from cbmir.bench.quality.record import (
+    archive_records,
+    load_archived,
+    load_records,
+    markdown_table,
+    newest_per_config,
+)
+from cbmir.bench.run_record import now
 
 DEFAULT_DOCS = Path("docs/quality.md")
 ARCHIVE_DIR = Path("records/quality")  # beside the page: <docs>/records/quality/<dataset>/<config>.json
@@ -213,7 +220,7 @@ def best_vs_seeds(by_dataset: dict[str, list[dict]]) -> list[str]:
 
 def training_runs(records: list[dict]) -> list[str]:
     """The `cbmir train` runs behind the records, from the summary each record keeps of its checkpoint."""
-    from bench.quality.runner import training_summary
+    from cbmir.bench.quality.runner import training_summary
 
     runs: dict[str, dict] = {}
     for r in records:

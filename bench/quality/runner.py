@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.quality import plots
-from bench.quality.config import EvalConfig, collection_name
-from bench.quality.crossfit import load_folds, patient_of
-from bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, DatasetSpec, decode_item
-from bench.quality.protocols import (
+from cbmir.bench.quality import plots
+from cbmir.bench.quality.config import DEFAULT_DB, DEFAULT_OUT, EvalConfig, collection_name
+from cbmir.bench.quality.crossfit import load_folds, patient_of
+from cbmir.bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, DatasetSpec, decode_item
+from cbmir.bench.quality.protocols import (
     Entry,
     IndexView,
     Query,
@@ -28,15 +28,14 @@ from bench.quality.protocols import (
     leave_one_patient_out_queries,
     split_queries,
 )
-from bench.quality.record import machine, now, versions, write_record
-from bench.quality.scoring import DEFAULT_KS, score
-from bench.quality.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
-from ingestion.sources import SourceItem
+from cbmir.bench.quality.record import write_record
+from cbmir.bench.quality.scoring import DEFAULT_KS, score
+from cbmir.bench.quality.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+from cbmir.bench.run_record import machine, now, versions
+from cbmir.ingestion.sources import SourceItem
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = Path("results/quality")
-DEFAULT_DB = "results/quality/quality.db"
 MILVUS_MAX_TOP_K = 16384  # Milvus refuses larger limits
 ROW_CHUNK = 1000
 
@@ -145,12 +144,19 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
                      ) -> tuple[IndexView, np.ndarray, list[Query], list[Ranking], list[int], dict]:
     """Ingest (or re-use) the collection of config's model and rank the protocol's queries through the engine;
     query_filter keeps only some of the queries (cross-fitting: the fold's held-out patients)."""
-    from bench.quality.search import BY_ID, BY_VECTOR, engine_supports, exact_top_ids, query_mode, rank_with_engine
-    from ingestion import IngestConfig, run_ingestion
-    from services.embedding import EmbeddingModel
-    from services.query.engine import DEFAULT_MAX_TOP_K, RetrievalEngine
-    from services.store import MilvusStore
-    from services.store.schema import descriptor_collection_name
+    from cbmir.bench.quality.search import (
+        BY_ID,
+        BY_VECTOR,
+        engine_supports,
+        exact_top_ids,
+        query_mode,
+        rank_with_engine,
+    )
+    from cbmir.ingestion import IngestConfig, run_ingestion
+    from cbmir.services.embedding import EmbeddingModel
+    from cbmir.services.query.engine import DEFAULT_MAX_TOP_K, RetrievalEngine
+    from cbmir.services.store import MilvusStore
+    from cbmir.services.store.schema import descriptor_collection_name
 
     model = EmbeddingModel.load(config.backbone, weights=config.weights, tta=config.tta)
     identity = json.loads(model.identity.to_json())
@@ -262,8 +268,8 @@ _FLAGS = {"split": "--split", "val_split": "--val-split", "val_fraction": "--val
 
 def training_summary(weights: str) -> dict | None:
     """What a `cbmir train` checkpoint says about its run: the command, epochs, validation figures, CPU time."""
-    from services.embedding.checkpoint import is_checkpoint_object, read_raw
-    from services.embedding.training import TrainConfig
+    from cbmir.services.embedding.checkpoint import is_checkpoint_object, read_raw
+    from cbmir.training.trainer import TrainConfig
 
     try:
         raw = read_raw(weights)
@@ -311,7 +317,7 @@ def training_summary(weights: str) -> dict | None:
 
 def weights_label(weights: str) -> str:
     """The run directory naming a checkpoint (runs/brain-ce/best.pt -> brain-ce); an ensemble joins its members'."""
-    from services.embedding.ensemble import ensemble_members
+    from cbmir.services.embedding.ensemble import ensemble_members
 
     paths = ensemble_members(weights) or [weights]
     return "+".join(Path(p).parent.name or "weights" for p in paths)
@@ -320,7 +326,7 @@ def weights_label(weights: str) -> str:
 def _loss_of(architecture: str) -> str:
     """'efficientnet_lite0+ce1280' -> 'ce', '…+metric512' -> 'metric', 'ensemble[…]' -> 'ensemble', a plain
     backbone -> ''."""
-    from services.embedding.ensemble import ENSEMBLE_PREFIX
+    from cbmir.services.embedding.ensemble import ENSEMBLE_PREFIX
 
     if architecture.startswith(ENSEMBLE_PREFIX + "["):
         return "ensemble"
@@ -414,7 +420,7 @@ def _query_vectors(model: object, queries: Sequence[Query], cache_dir: Path, spl
     """Query images embedded once by the engine's own decode + model code, cached per model and query set."""
     import hashlib
 
-    from services.embedding import ImageDecodeError
+    from cbmir.services.embedding import ImageDecodeError
 
     model_id = model.model_id  # type: ignore[attr-defined]
     digest = hashlib.sha256("\n".join(q.key for q in queries).encode()).hexdigest()[:12]
@@ -447,8 +453,13 @@ def _query_vectors(model: object, queries: Sequence[Query], cache_dir: Path, spl
 
 def _hog_rankings(spec: DatasetSpec, groups: dict[str, str], ks: Sequence[int], cache_dir: Path,
                   progress: bool) -> tuple[IndexView, np.ndarray, list[Query], list[Ranking], list[int], dict]:
-    from bench.quality.hog import HOG_TAG, hog_matrix, rank_with_hog
-    from services.embedding.descriptors import HOG_CELLS_PER_BLOCK, HOG_ORIENTATIONS, HOG_PIXELS_PER_CELL, HOG_SIZE
+    from cbmir.bench.quality.hog import HOG_TAG, hog_matrix, rank_with_hog
+    from cbmir.services.embedding.descriptors import (
+        HOG_CELLS_PER_BLOCK,
+        HOG_ORIENTATIONS,
+        HOG_PIXELS_PER_CELL,
+        HOG_SIZE,
+    )
 
     lopo = spec.protocol == LEAVE_ONE_PATIENT_OUT
     index_items: list[SourceItem] = spec.listing(spec.index_split).items
@@ -471,7 +482,7 @@ def _hog_rankings(spec: DatasetSpec, groups: dict[str, str], ks: Sequence[int], 
         "model": {"architecture": "hog", "descriptor": HOG_TAG, "size": HOG_SIZE, "orientations": HOG_ORIENTATIONS,
                   "pixels_per_cell": HOG_PIXELS_PER_CELL, "cells_per_block": HOG_CELLS_PER_BLOCK,
                   "block_norm": "L2-Hys", "distance": "L1",
-                  "source": "services.embedding.descriptors.hog_descriptor (the engine's re-ranking descriptor)"},
+                  "source": "cbmir.services.embedding.descriptors.hog_descriptor (the engine's re-ranking descriptor)"},
         "collection": None,
         "index_recall_at_10_vs_exact": None,
     }

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.quality import metrics
-from bench.quality.protocols import Ranking
-from bench.quality.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_mean
+from cbmir.bench.quality.protocols import Ranking
+from cbmir.bench.quality.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_mean
+from cbmir.services import ranking_metrics as metrics
 
 DEFAULT_KS = (1, 5, 10, 20, 50, 100)
 

@@ -10,10 +10,10 @@ from dataclasses import fields
 import numpy as np
 from tqdm import tqdm
 
-from bench.quality.config import EvalConfig
-from bench.quality.datasets import image_bytes
-from bench.quality.protocols import IndexView, Query, Ranking
-from services.query.engine import Prefilter, RetrievalEngine, SearchQuery
+from cbmir.bench.quality.config import EvalConfig
+from cbmir.bench.quality.datasets import image_bytes
+from cbmir.bench.quality.protocols import IndexView, Query, Ranking
+from cbmir.services.query.engine import Prefilter, RetrievalEngine, SearchQuery
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Decoding, preprocessing, backbone registry and EmbeddingModel: the one image -> vector path for cbmir."""
 
-from services.embedding.backbones import BACKBONES, BackboneSpec
-from services.embedding.decode import (
+from cbmir.services.embedding.backbones import BACKBONES, BackboneSpec
+from cbmir.services.embedding.decode import (
     MAX_IMAGE_PIXELS,
     DecodedImage,
     ImageDecodeError,
@@ -10,8 +10,8 @@ from services.embedding.decode import (
     id_salt_digest,
     image_id,
 )
-from services.embedding.model import EmbeddingModel, ModelIdentity, WeightsError, list_backbones
-from services.embedding.preprocess import Preprocessing, to_batch_tensor
+from cbmir.services.embedding.model import EmbeddingModel, ModelIdentity, WeightsError, list_backbones
+from cbmir.services.embedding.preprocess import Preprocessing, to_batch_tensor
 
 __all__ = [
     "BACKBONES",

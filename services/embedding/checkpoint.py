@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from services.embedding.backbones import BackboneSpec
-from services.embedding.heads import EMBEDDING_KINDS, RetrievalNet
+from cbmir.services.embedding.backbones import BackboneSpec
+from cbmir.services.embedding.heads import EMBEDDING_KINDS, RetrievalNet
 
 CHECKPOINT_FORMAT = "cbmir-checkpoint/1"
 _FORMAT_PREFIX = "cbmir-checkpoint/"

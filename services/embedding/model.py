@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.embedding.backbones import (
+from cbmir.services.embedding.backbones import (
     BACKBONES,
     BackboneSpec,
     build_timm_efficientnet_lite0,
@@ -26,14 +26,14 @@ from services.embedding.backbones import (
     rename_lukemelas_to_timm,
     sha256_of_file,
 )
-from services.embedding.ensemble import (
+from cbmir.services.embedding.ensemble import (
     ConcatEnsemble,
     check_compatible,
     ensemble_architecture,
     ensemble_digest,
     ensemble_members,
 )
-from services.embedding.preprocess import Preprocessing, to_batch_tensor
+from cbmir.services.embedding.preprocess import Preprocessing, to_batch_tensor
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def build_backbone(spec: BackboneSpec, weights: str | None, random_init: bool) -
 def _read_trained_checkpoint(weights: str) -> Any:
     """The parsed `cbmir train` checkpoint at `weights`, or None for any other file (a plain state dict, or a
     file the ordinary weights path will report on)."""
-    from services.embedding.checkpoint import CheckpointError, is_checkpoint_object, parse_checkpoint, read_raw
+    from cbmir.services.embedding.checkpoint import CheckpointError, is_checkpoint_object, parse_checkpoint, read_raw
 
     if not Path(weights).is_file():
         return None
@@ -197,7 +197,7 @@ def _read_trained_checkpoint(weights: str) -> Any:
 
 def _trained_net(ckpt: Any, spec: BackboneSpec) -> nn.Module:
     """The RetrievalNet of a parsed checkpoint, refused unless it was trained on `spec`'s backbone."""
-    from services.embedding.checkpoint import CheckpointError, net_from_checkpoint
+    from cbmir.services.embedding.checkpoint import CheckpointError, net_from_checkpoint
 
     if ckpt.backbone != spec.name:
         raise WeightsError(f"checkpoint {ckpt.path} was trained on backbone {ckpt.backbone}, not {spec.name}: "

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.query.auth import Caller
-from services.query.proto import retrieval_pb2
+from cbmir.services.query.auth import Caller
+from cbmir.services.query.proto import retrieval_pb2
 
 # The only request fields an audit record may carry. Image bytes are reduced to their size; a vector to its dim.
 AUDIT_FIELDS: tuple[str, ...] = (

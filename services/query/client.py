@@ -9,9 +9,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.query.proto import retrieval_pb2, retrieval_pb2_grpc
-from services.query.server import DEFAULT_MAX_MESSAGE_MB
-from services.query.tls import channel_credentials
+from cbmir.services.query.proto import DEFAULT_MAX_MESSAGE_MB, retrieval_pb2, retrieval_pb2_grpc
+from cbmir.services.query.tls import channel_credentials
 
 PREFILTERS = {
     "off": retrieval_pb2.PREFILTER_MODE_OFF,

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from services.embedding import EmbeddingModel, ImageDecodeError, decode_image
-from services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
-from services.store import (
+from cbmir.services.embedding import EmbeddingModel, ImageDecodeError, decode_image
+from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
+from cbmir.services.store import (
     CollectionInfo,
     CollectionNotFoundError,
     Hit,
@@ -24,8 +24,8 @@ from services.store import (
     ModelMismatchError,
     StoreUnavailableError,
 )
-from services.store.filters import build_filter_expression
-from services.store.schema import EMBEDDING, LABEL, PREDICTED_LABEL
+from cbmir.services.store.filters import build_filter_expression
+from cbmir.services.store.schema import EMBEDDING, LABEL, PREDICTED_LABEL
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,18 +1,11 @@
-"""The generated retrieval stubs, generated on first import when a source checkout lacks them."""
+"""The public contract as Python: the retrieval stubs built from proto/ (package `cbmir.v1`) and its constants."""
 
 from __future__ import annotations
 
-try:
-    from cbmir.v1 import retrieval_pb2, retrieval_pb2_grpc
-except ImportError:  # a fresh checkout before `scripts/setup.sh`: generate, then import
-    import importlib
-
-    from services.query.protogen import generate
-
-    generate()
-    importlib.invalidate_caches()
-    from cbmir.v1 import retrieval_pb2, retrieval_pb2_grpc
+from cbmir.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+# Largest gRPC message either side accepts by default: a full-field mammogram DICOM is ~50-100 MB.
+DEFAULT_MAX_MESSAGE_MB = 256
 
-__all__ = ["SERVICE_NAME", "retrieval_pb2", "retrieval_pb2_grpc"]
+__all__ = ["DEFAULT_MAX_MESSAGE_MB", "SERVICE_NAME", "retrieval_pb2", "retrieval_pb2_grpc"]

@@ -12,18 +12,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.query.audit import AuditLog
-from services.query.auth import Authenticator, TokenAuthInterceptor
-from services.query.engine import RetrievalEngine
-from services.query.proto import SERVICE_NAME, retrieval_pb2, retrieval_pb2_grpc
-from services.query.servicer import RetrievalServicer
-from services.query.tls import ServerTls, check_plaintext_allowed, server_credentials
-from services.query.watch import DEFAULT_CHECK_SECONDS, StoreWatcher
+from cbmir.services.query.audit import AuditLog
+from cbmir.services.query.auth import Authenticator, TokenAuthInterceptor
+from cbmir.services.query.engine import RetrievalEngine
+from cbmir.services.query.proto import DEFAULT_MAX_MESSAGE_MB, SERVICE_NAME, retrieval_pb2, retrieval_pb2_grpc
+from cbmir.services.query.servicer import RetrievalServicer
+from cbmir.services.query.tls import ServerTls, check_plaintext_allowed, server_credentials
+from cbmir.services.query.watch import DEFAULT_CHECK_SECONDS, StoreWatcher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 50051
-DEFAULT_MAX_MESSAGE_MB = 256
 DEFAULT_WORKERS = 8
 # RPCs admitted at once (running + queued for a worker thread); the next one gets RESOURCE_EXHAUSTED at once
 # instead of waiting in an unbounded queue until every client times out. Default: 4 queued per worker.

@@ -11,14 +11,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from services.embedding import ModelIdentity
-from services.query import metrics
-from services.query.audit import AuditLog, describe_search
-from services.query.auth import Authenticator
-from services.query.engine import Prefilter, QueryRejected, Rejection, RetrievalEngine, SearchQuery
-from services.query.proto import retrieval_pb2, retrieval_pb2_grpc
-from services.query.watch import StoreWatcher
-from services.store.schema import LABEL, SOURCE
+from cbmir.services.embedding import ModelIdentity
+from cbmir.services.query import metrics
+from cbmir.services.query.audit import AuditLog, describe_search
+from cbmir.services.query.auth import Authenticator
+from cbmir.services.query.engine import Prefilter, QueryRejected, Rejection, RetrievalEngine, SearchQuery
+from cbmir.services.query.proto import retrieval_pb2, retrieval_pb2_grpc
+from cbmir.services.query.watch import StoreWatcher
+from cbmir.services.store.schema import LABEL, SOURCE
 
 log = logging.getLogger(__name__)
 

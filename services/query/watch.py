@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 from grpc_health.v1 import health, health_pb2
 
-from services.store import StoreError
+from cbmir.services.store import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,25 @@
-"""Milvus store: schema, connection (Lite file or server URI), upsert, search, index choice."""
+"""Milvus store: schema, connection (Lite file or server URI), upsert, search, index choice.
 
-from services.store.filters import InvalidFilterError, build_filter_expression
-from services.store.index import INDEX_TYPES, METRICS, IndexConfig, choose_index
-from services.store.milvus import (
-    DEFAULT_COLLECTION,
-    DEFAULT_URI,
-    CollectionInfo,
-    CollectionNotFoundError,
-    Hit,
-    MilvusStore,
-    ModelMismatchError,
-    StoreBusyError,
-    StoreError,
-    StoreUnavailableError,
-    is_server_uri,
-)
+Index choice and the defaults import light; the Milvus-backed names load pymilvus on first use, so a command
+that only parses flags or talks gRPC (`cbmir search`) never pays for it.
+"""
 
-__all__ = [
-    "DEFAULT_COLLECTION", "DEFAULT_URI", "INDEX_TYPES", "METRICS", "CollectionInfo", "CollectionNotFoundError",
-    "Hit", "IndexConfig", "InvalidFilterError", "MilvusStore", "ModelMismatchError", "StoreBusyError", "StoreError",
-    "StoreUnavailableError", "build_filter_expression", "choose_index", "is_server_uri",
-]
+from importlib import import_module
+
+from cbmir.services.store.defaults import DEFAULT_COLLECTION, DEFAULT_URI
+from cbmir.services.store.index import INDEX_TYPES, METRICS, IndexConfig, choose_index
+
+_LAZY = {
+    "InvalidFilterError": "filters", "build_filter_expression": "filters",
+    "CollectionInfo": "milvus", "CollectionNotFoundError": "milvus", "Hit": "milvus", "MilvusStore": "milvus",
+    "ModelMismatchError": "milvus", "StoreBusyError": "milvus", "StoreError": "milvus",
+    "StoreUnavailableError": "milvus", "is_server_uri": "milvus",
+}
+
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_URI", "INDEX_TYPES", "METRICS", "IndexConfig", "choose_index", *_LAZY]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(import_module(f"cbmir.services.store.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'cbmir.services.store' has no attribute {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.store.schema import FILTER_FIELDS, SCALAR_FIELDS
+from cbmir.services.store.schema import FILTER_FIELDS, SCALAR_FIELDS
 
 
 class InvalidFilterError(ValueError):

@@ -17,14 +17,13 @@ import pyarrow as pa
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from services.store import schema
-from services.store.filters import build_filter_expression, ids_expression
-from services.store.index import IndexConfig, choose_index, search_params_for
+from cbmir.services.store import schema
+from cbmir.services.store.defaults import DEFAULT_URI
+from cbmir.services.store.filters import build_filter_expression, ids_expression
+from cbmir.services.store.index import IndexConfig, choose_index, search_params_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_URI = "./cbmir.db"
-DEFAULT_COLLECTION = "cbmir_images"
 # Milvus caps `id in [...]` lists and messages; keep each request well under both.
 ID_QUERY_CHUNK = 1000
 UPSERT_RETRIES = 6  # waits 0.5 + 1 + 2 + 4 + 8 s: rides out a Milvus restart's first seconds or a write quota burst

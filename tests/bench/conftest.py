@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ingestion.samples import BREASTMNIST_SUBSET
+from cbmir.ingestion.samples import BREASTMNIST_SUBSET
 
 
 def write_patient_archive(root: Path, label_of: Callable[[int, np.ndarray], str], patient_prefix: str = "",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.ground_truth import exact_top_k, exact_top_k_filtered, recall_at_k
-from bench.vectors import cnn_like, normalize, uniform, vector_statistics
+from cbmir.bench.ground_truth import exact_top_k, exact_top_k_filtered, recall_at_k
+from cbmir.bench.vectors import cnn_like, normalize, uniform, vector_statistics
 
 
 def test_exact_top_k_orders_by_cosine_on_a_hand_made_set() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.pipeline import (
+from cbmir.bench.pipeline import (
     IngestBenchConfig,
     QueryBenchConfig,
     ingest_plot,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.quality.cli import configs, dataset_spec
-from bench.quality.config import EvalConfig, collection_name
-from services.cli import build_parser
+from cbmir.bench.quality.commands import configs, dataset_spec
+from cbmir.bench.quality.config import EvalConfig, collection_name
+from cbmir.cli import build_parser
 
 
 def _args(*argv: str):  # noqa: ANN202

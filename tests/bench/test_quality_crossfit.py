@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality.config import EvalConfig
-from bench.quality.crossfit import CrossFitError, load_folds, resolve_paths
-from bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, DatasetSpec
-from bench.quality.runner import run_eval
-from services.embedding.training import TrainConfig, train
+from cbmir.bench.quality.config import EvalConfig
+from cbmir.bench.quality.crossfit import CrossFitError, load_folds, resolve_paths
+from cbmir.bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, DatasetSpec
+from cbmir.bench.quality.runner import run_eval
+from cbmir.training.trainer import TrainConfig, train
 
 FOLDS = 2
 
@@ -81,7 +81,7 @@ def test_cross_fitted_eval_queries_each_image_once_with_the_model_that_never_saw
         for query, sources in zip(per_query["query"], per_query["top10_sources"], strict=True):
             assert sources and all(patient[s] != patient[query] for s in sources)
     summary = record["prefilter"]
-    assert summary["queries"] == 24 and summary["applied_fraction"] == 1.0  # stored ids: class from ingestion
+    assert summary["queries"] == 24 and summary["applied_fraction"] == 1.0  # stored ids: class from cbmir.ingestion
     assert set(per_query["predicted_class"]) <= {"class0", "class1"} and all(per_query["prefilter_applied"])
     # with the prefilter every hit of a query has the class its fold's model predicted for it
     labels = {f"images/img{i:02d}.png": f"class{(i // 2) % 2}" for i in range(24)}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality.config import EvalConfig
-from bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, PRESETS, DatasetSpec
-from bench.quality.report import write_report
-from bench.quality.runner import run_eval
+from cbmir.bench.quality.config import EvalConfig
+from cbmir.bench.quality.datasets import LEAVE_ONE_PATIENT_OUT, PRESETS, DatasetSpec
+from cbmir.bench.quality.report import write_report
+from cbmir.bench.quality.runner import run_eval
 
 PNGS = {"precision_recall_vs_k.png", "pr_curve.png", "embedding_pca.png", "embedding_tsne.png"}
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from bench.quality import metrics
-from bench.quality.stats import bootstrap_mean
+from cbmir.bench.quality.stats import bootstrap_mean
+from cbmir.services import ranking_metrics as metrics
 
 # One query: hits 1 and 3 relevant, 3 relevant images in the index.
 REL = np.array([[1, 0, 1, 0, 0]])

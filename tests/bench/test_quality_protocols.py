@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.quality.hog import rank_with_hog
-from bench.quality.protocols import Entry, IndexView, leave_one_patient_out_queries, split_queries
-from bench.quality.scoring import score
-from ingestion.sources import SourceItem
+from cbmir.bench.quality.hog import rank_with_hog
+from cbmir.bench.quality.protocols import Entry, IndexView, leave_one_patient_out_queries, split_queries
+from cbmir.bench.quality.scoring import score
+from cbmir.ingestion.sources import SourceItem
 
 
 def _index() -> IndexView:
@@ -58,7 +58,7 @@ def test_hog_ranking_leave_one_patient_out_never_returns_the_patient() -> None:
 
 
 def test_chance_precision_is_the_class_share_of_the_other_images() -> None:
-    from bench.quality.report import chance_precision
+    from cbmir.bench.quality.report import chance_precision
 
     split = {"protocol": "split", "class_counts": {"index": {"a": 2, "b": 2}, "queries": {"a": 1}}}
     assert chance_precision(split) == 0.5

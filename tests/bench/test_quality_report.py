@@ -6,10 +6,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from bench.quality.config import EvalConfig
-from bench.quality.record import SCHEMA
-from bench.quality.report import NOTES_BEGIN, NOTES_END, best_vs_seeds, seed_method, write_report
-from bench.quality.runner import _loss_of, weights_label
+from cbmir.bench.quality.config import EvalConfig
+from cbmir.bench.quality.record import SCHEMA
+from cbmir.bench.quality.report import NOTES_BEGIN, NOTES_END, best_vs_seeds, seed_method, write_report
+from cbmir.bench.quality.runner import _loss_of, weights_label
 
 
 def _record(dataset: str, method: str, name: str, mean: float, low: float, high: float) -> dict:
@@ -87,7 +87,7 @@ def test_report_regenerated_without_results_keeps_every_archived_figure(tmp_path
 
 
 def test_copied_figures_of_the_best_row_survive_a_report_on_a_machine_without_its_pngs(tmp_path: Path) -> None:
-    from bench.quality.report import FIGURES_OF, copy_best_figures
+    from cbmir.bench.quality.report import FIGURES_OF, copy_best_figures
 
     png = tmp_path / "results" / "pr_curve.png"
     png.parent.mkdir(parents=True)
@@ -111,7 +111,7 @@ def test_copied_figures_of_the_best_row_survive_a_report_on_a_machine_without_it
 
 
 def test_a_prefilter_that_only_echoes_the_majority_class_is_flagged_and_never_the_best_row() -> None:
-    from bench.quality.report import best_row, majority_floor, observations
+    from cbmir.bench.quality.report import best_row, majority_floor, observations
 
     def row(method: str, name: str, mean: float, low: float, high: float, prefilter: str = "off") -> dict:
         r = _record("mias-severity", method, name, mean, low, high)

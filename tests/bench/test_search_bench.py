@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import main
+from cbmir.cli import main
 
 
 def test_bench_search_writes_json_plots_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,7 +40,7 @@ def test_bench_search_writes_json_plots_and_table(tmp_path: Path, capsys: pytest
 
 
 def test_bench_sizes_above_the_lite_cap_skip_lite_and_say_so(tmp_path: Path) -> None:
-    from bench.search import SearchBenchConfig, run
+    from cbmir.bench.search import SearchBenchConfig, run
 
     config = SearchBenchConfig(sizes=(600,), dim=8, engines=("lite",), index_types=("FLAT",), queries=10,
                                budget_s=0.1, clients=(1,), qps_seconds=0.1, lite_max_rows=500,
@@ -52,7 +52,7 @@ def test_bench_sizes_above_the_lite_cap_skip_lite_and_say_so(tmp_path: Path) -> 
 def test_real_embeddings_file_is_used_and_too_small_a_file_is_refused(tmp_path: Path) -> None:
     import numpy as np
 
-    from bench.search import SearchBenchConfig, dataset
+    from cbmir.bench.search import SearchBenchConfig, dataset
 
     path = tmp_path / "real.npz"
     np.savez(path, embeddings=np.random.default_rng(0).random((300, 16), dtype=np.float32),
@@ -66,7 +66,7 @@ def test_real_embeddings_file_is_used_and_too_small_a_file_is_refused(tmp_path: 
 
 
 def test_reuse_times_the_searches_again_without_reinserting_or_rebuilding(tmp_path: Path, milvus_server) -> None:
-    from bench.search import SearchBenchConfig, run
+    from cbmir.bench.search import SearchBenchConfig, run
 
     config = SearchBenchConfig(sizes=(1500,), dim=16, engines=("server",), index_types=("HNSW",), queries=20,
                                budget_s=0.2, clients=(1,), qps_seconds=0.1, with_filter=False,

@@ -10,13 +10,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-import ingestion.embedder as embedder_module
-import ingestion.pipeline as pipeline
-from ingestion.config import IngestConfig
-from ingestion.embedder import Embedder
-from ingestion.pipeline import plan_resources
-from services.embedding import EmbeddingModel
-from services.embedding.model import resolve_precision
+import cbmir.ingestion.embedder as embedder_module
+import cbmir.ingestion.pipeline as pipeline
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.embedder import Embedder
+from cbmir.ingestion.pipeline import plan_resources
+from cbmir.services.embedding import EmbeddingModel
+from cbmir.services.embedding.model import resolve_precision
 
 
 @pytest.mark.parametrize(("gpus_per_actor", "actors"), [(0.5, 4), (0.25, 8), (1.0, 2)])

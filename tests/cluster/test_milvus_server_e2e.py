@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.config import IngestConfig
-from ingestion.report import IngestReport
-from ingestion.runner import run_ingestion
-from services.embedding import EmbeddingModel
-from services.query.client import RetrievalClient
-from services.query.engine import RetrievalEngine
-from services.query.server import start_server
-from services.store import MilvusStore
-from services.store.milvus_server import MilvusServer
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.report import IngestReport
+from cbmir.ingestion.runner import run_ingestion
+from cbmir.services.embedding import EmbeddingModel
+from cbmir.services.query.client import RetrievalClient
+from cbmir.services.query.engine import RetrievalEngine
+from cbmir.services.query.server import start_server
+from cbmir.services.store import MilvusStore
+from cbmir.services.store.milvus_server import MilvusServer
 
 COLLECTION = "e2e_server"
 LIMIT = 40

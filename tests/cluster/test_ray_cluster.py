@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from ray_cluster import LocalRayCluster
 
-from services.store import MilvusStore
+from cbmir.services.store import MilvusStore
 
 LIMIT = 40
 ROOT = Path(__file__).resolve().parents[2]
 
 DRIVER = """
 import json, sys
-from ingestion import IngestConfig, run_ingestion
+from cbmir.ingestion import IngestConfig, run_ingestion
 report = run_ingestion(IngestConfig(source=sys.argv[1], milvus_uri=sys.argv[2], ray_address=sys.argv[3],
                                     actors=2, batch_size=2, limit=int(sys.argv[4]), progress=False,
                                     report_path=sys.argv[5]))

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ingestion.pipeline import plan_resources
-from services.cli import build_parser
-from services.query.server import DEFAULT_PORT
+from cbmir.cli import build_parser
+from cbmir.ingestion.pipeline import plan_resources
+from cbmir.services.query.server import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -54,7 +54,7 @@ def _parse(argv: list[str]) -> Any:
     try:
         return PARSER.parse_args(argv)
     except SystemExit:
-        pytest.fail(f"`cbmir {' '.join(argv)}` is not accepted by services.cli.build_parser()")
+        pytest.fail(f"`cbmir {' '.join(argv)}` is not accepted by cbmir.cli.build_parser()")
 
 
 def _containers(obj: Any) -> list[dict[str, Any]]:
@@ -106,7 +106,12 @@ def test_dockerfile_builds_the_one_image_from_this_tree() -> None:
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
     for source in re.findall(r"^COPY (\S+) ", text, re.M):
         assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
-    assert "services.query.protogen" in text  # stubs are generated in the image, never committed
+    copied = set(re.findall(r"^COPY (\S+) ", text, re.M)) | {
+        name for line in re.findall(r"^COPY (.+) \./$", text, re.M) for name in line.split()}
+    # The stubs are generated in the image (setup.py + proto/ at build time), never committed; every folder the
+    # package maps into `cbmir` is copied.
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    assert {"setup.py", "proto/", *(f"{folder}/" for folder in mapped)} <= copied
     assert f"-t {IMAGE}" in text
     assert 'ENTRYPOINT ["cbmir"]' in text
     exposed = {int(p) for line in re.findall(r"^EXPOSE (.+)$", text, re.M) for p in line.split()}
@@ -138,7 +143,7 @@ def test_serve_commands_listen_on_the_documented_ports_with_tls_and_tokens() -> 
         assert args.port == GRPC_PORT == DEFAULT_PORT, where
         assert args.metrics_port == METRICS_PORT == PARSER.parse_args(["serve"]).metrics_port, where
         assert args.host == args.metrics_host == "0.0.0.0", where  # noqa: S104 - a container listens on its pod IP
-        # A non-loopback --host needs TLS and client authentication (services.query.tls.check_plaintext_allowed).
+        # A non-loopback --host needs TLS and client authentication (cbmir.services.query.tls.check_plaintext_allowed).
         assert args.tls_cert and args.tls_key and args.auth_tokens_file and not args.insecure, where
 
 

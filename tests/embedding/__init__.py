@@ -1,1 +1,1 @@
-"""Tests for services.embedding (a package so its test module names cannot clash with other test folders)."""
+"""Tests for cbmir.services.embedding (a package so its test module names cannot clash with other test folders)."""

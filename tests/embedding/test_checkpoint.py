@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.embedding import BACKBONES, EmbeddingModel, WeightsError
-from services.embedding.checkpoint import CHECKPOINT_FORMAT, build_net, checkpoint_dict, save_checkpoint
+from cbmir.services.embedding import BACKBONES, EmbeddingModel, WeightsError
+from cbmir.services.embedding.checkpoint import CHECKPOINT_FORMAT, build_net, checkpoint_dict, save_checkpoint
 
 
 @pytest.fixture(scope="module")

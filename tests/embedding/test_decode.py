@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from services.embedding import (
+from cbmir.services.embedding import (
     MAX_IMAGE_PIXELS,
     DecodedImage,
     ImageDecodeError,
@@ -21,7 +21,7 @@ from services.embedding import (
     decode_image,
     image_id,
 )
-from services.embedding.decode import METADATA_KEYS
+from cbmir.services.embedding.decode import METADATA_KEYS
 
 from ._data import dicom_file, shared_data
 

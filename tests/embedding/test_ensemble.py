@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.embedding import BACKBONES, EmbeddingModel, WeightsError
-from services.embedding.checkpoint import build_net, checkpoint_dict, save_checkpoint
-from services.embedding.ensemble import ensemble_members
+from cbmir.services.embedding import BACKBONES, EmbeddingModel, WeightsError
+from cbmir.services.embedding.checkpoint import build_net, checkpoint_dict, save_checkpoint
+from cbmir.services.embedding.ensemble import ensemble_members
 
 IMAGES = [np.full((40, 50), v, dtype=np.float32) for v in (0.1, 0.5, 0.9)]
 

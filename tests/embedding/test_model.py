@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.embedding import (
+from cbmir.services.embedding import (
     BACKBONES,
     EmbeddingModel,
     ModelIdentity,
@@ -19,7 +19,7 @@ from services.embedding import (
     list_backbones,
     to_batch_tensor,
 )
-from services.embedding.backbones import (
+from cbmir.services.embedding.backbones import (
     TIMM_EFFICIENTNET_LITE0,
     build_efficientnet_lite0_classifier,
     build_timm_efficientnet_lite0,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.embedding.checkpoint import read_raw
-from services.embedding.heads import CenterLoss, batch_hard_triplet_loss
-from services.embedding.training import (
+from cbmir.services.embedding.checkpoint import read_raw
+from cbmir.services.embedding.heads import CenterLoss, batch_hard_triplet_loss
+from cbmir.training.trainer import (
     TrainConfig,
     TrainResult,
     assign_groups,
@@ -56,12 +56,13 @@ def test_center_loss_is_half_mean_squared_distance_to_class_center() -> None:
     assert float(loss(e, torch.tensor([0, 1])).detach()) == pytest.approx(0.5 * (25.0 + 0.0) / 2)
 
 
-def test_map_at_k_on_a_hand_computed_case() -> None:
+def test_validation_map_at_k_is_the_reported_map_on_a_hand_computed_case() -> None:
+    # The figure --select val_map10 picks by is `cbmir eval`'s mAP@10: the mean of P@1..P@k (seed 003).
     e = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
-    assert map_at_k(e, torch.tensor([0, 0, 1, 1]), k=3) == pytest.approx(1.0)
-    # labels 0 1 0 1: queries 0 and 2 find their one relevant image at rank 3 (AP 1/3), queries 1 and 3 at
-    # rank 2 (AP 1/2) -> mAP 5/12
-    assert map_at_k(e, torch.tensor([0, 1, 0, 1]), k=3) == pytest.approx(5 / 12)
+    # labels 0 0 1 1: every query's one relevant image is at rank 1 -> (1 + 1/2 + 1/3) / 3
+    assert map_at_k(e, torch.tensor([0, 0, 1, 1]), k=3) == pytest.approx(11 / 18)
+    # labels 0 1 0 1: queries 0 and 2 find theirs at rank 3 -> 1/9; queries 1 and 3 at rank 2 -> 5/18
+    assert map_at_k(e, torch.tensor([0, 1, 0, 1]), k=3) == pytest.approx(7 / 36)
 
 
 def test_validation_is_stratified_grouped_and_seed_fixed() -> None:
@@ -81,7 +82,7 @@ def ce_run(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 
 
 def test_checkpoint_round_trip_through_embedding_model_load(ce_run: TrainResult, tmp_path: Path) -> None:
-    from services.embedding import EmbeddingModel
+    from cbmir.services.embedding import EmbeddingModel
 
     result = ce_run
     assert result.epochs_run == 1 and result.best_path.is_file()
@@ -110,7 +111,7 @@ def test_checkpoint_round_trip_through_embedding_model_load(ce_run: TrainResult,
 
 
 def test_wrong_backbone_checkpoint_is_refused_with_the_fix(ce_run: TrainResult) -> None:
-    from services.embedding import EmbeddingModel, WeightsError
+    from cbmir.services.embedding import EmbeddingModel, WeightsError
 
     result = ce_run
     with pytest.raises(WeightsError, match=r"trained on backbone efficientnet_lite0, not resnet18: pass --backbone "

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ingestion.config import IngestConfig
-from ingestion.runner import run_ingestion
-from services.embedding import BACKBONES, EmbeddingModel, ModelIdentity, decode_image, image_id
-from services.embedding.checkpoint import build_net, checkpoint_dict, save_checkpoint
-from services.store import MilvusStore
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.runner import run_ingestion
+from cbmir.services.embedding import BACKBONES, EmbeddingModel, ModelIdentity, decode_image, image_id
+from cbmir.services.embedding.checkpoint import build_net, checkpoint_dict, save_checkpoint
+from cbmir.services.store import MilvusStore
 
 
 def _checkpoint(path: Path, kind: str, dim: int) -> str:

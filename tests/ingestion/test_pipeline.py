@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ingestion import IngestConfig, IngestReport, run_ingestion
-from services.embedding import WeightsError, decode_image, image_id
-from services.store import MilvusStore, ModelMismatchError
+from cbmir.ingestion import IngestConfig, IngestReport, run_ingestion
+from cbmir.services.embedding import WeightsError, decode_image, image_id
+from cbmir.services.store import MilvusStore, ModelMismatchError
 
 LIMIT = 60  # keeps a run at a few seconds on 2 CPUs
 

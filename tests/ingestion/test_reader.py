@@ -6,21 +6,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ingestion.reader import (
-    PIXELS,
-    REASON,
-    STATUS,
-    STATUS_FAILED,
-    STATUS_OK,
-    STATUS_PRESENT,
-    item_row,
-    read_batch,
-    sorted_id_array,
-    unpack_pixels,
-)
-from ingestion.samples import BREASTMNIST_SUBSET
-from ingestion.sources import SourceItem
-from services.store import schema
+from cbmir.ingestion.batches import PIXELS, REASON, STATUS, STATUS_FAILED, STATUS_OK, STATUS_PRESENT, item_row
+from cbmir.ingestion.reader import read_batch, sorted_id_array, unpack_pixels
+from cbmir.ingestion.samples import BREASTMNIST_SUBSET
+from cbmir.ingestion.sources import SourceItem
+from cbmir.services.store import schema
 
 
 def _batch(items: list[SourceItem]) -> pa.Table:

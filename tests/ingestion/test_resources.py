@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingestion.pipeline import plan_resources
+from cbmir.ingestion.pipeline import plan_resources
 
 
 @pytest.mark.parametrize(("cpus", "actors"), [(1, 1), (2, 1), (2, 2), (2, 4), (8, 3), (64, 4)])

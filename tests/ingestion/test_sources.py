@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.config import IngestConfig
-from ingestion.samples import BREASTMNIST_SUBSET, dicom_sample_files
-from ingestion.sources import SourceError, list_source
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.samples import BREASTMNIST_SUBSET, dicom_sample_files
+from cbmir.ingestion.sources import SourceError, list_source
 
 
 def _pngs(archive: Path, n: int) -> list[Path]:

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import ray
 
-import ingestion.reader as reader
-from ingestion.config import IngestConfig
-from ingestion.pipeline import MAX_LISTING_BLOCKS, listing_block_rows, listing_dataset
-from ingestion.reader import ITEM_SCHEMA, item_row, items_table, sorted_id_array
-from ingestion.samples import BREASTMNIST_SUBSET
-from ingestion.sources import SourceItem, iter_source_chunks, list_source, scan_source
+import cbmir.ingestion.reader as reader
+from cbmir.ingestion.batches import ITEM_SCHEMA, item_row, items_table
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.pipeline import MAX_LISTING_BLOCKS, listing_block_rows, listing_dataset
+from cbmir.ingestion.reader import sorted_id_array
+from cbmir.ingestion.samples import BREASTMNIST_SUBSET
+from cbmir.ingestion.sources import SourceItem, iter_source_chunks, list_source, scan_source
 
 
 def _held_list_directory_listing(root: Path) -> list[tuple[str, str, str]]:

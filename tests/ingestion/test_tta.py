@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ingestion.config import IngestConfig
-from ingestion.runner import run_ingestion
-from services.cli import _load_model
-from services.embedding import EmbeddingModel, ModelIdentity, decode_image, image_id
-from services.embedding.model import TTA_SUFFIX
-from services.store import MilvusStore
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.runner import run_ingestion
+from cbmir.services.embedding import EmbeddingModel, ModelIdentity, decode_image, image_id
+from cbmir.services.embedding.model import TTA_SUFFIX
+from cbmir.services.flags import load_model_for
+from cbmir.services.store import MilvusStore
 
 COLLECTION = "tta"
 
@@ -36,7 +36,7 @@ def test_tta_ingest_stores_the_vectors_a_tta_model_computes_and_serve_picks_tta(
         # serve/search load the model from the flags; a TTA collection turns TTA on without --tta.
         flags = argparse.Namespace(backbone="efficientnet_lite0", weights=None, random_init=False, device="cpu",
                                    precision="auto", tta=False)
-        served = _load_model(flags, store, COLLECTION)
+        served = load_model_for(flags, store, COLLECTION)
         assert served.tta and served.model_id == identity.model_id
 
         plain = EmbeddingModel.load("efficientnet_lite0")

@@ -8,13 +8,13 @@ import grpc
 import numpy as np
 import pytest
 
-from ingestion.config import IngestConfig
-from ingestion.runner import run_ingestion
-from services.embedding import EmbeddingModel, decode_image, image_id
-from services.query.client import RetrievalClient
-from services.query.engine import RetrievalEngine
-from services.query.server import start_server
-from services.store import MilvusStore
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.runner import run_ingestion
+from cbmir.services.embedding import EmbeddingModel, decode_image, image_id
+from cbmir.services.query.client import RetrievalClient
+from cbmir.services.query.engine import RetrievalEngine
+from cbmir.services.query.server import start_server
+from cbmir.services.store import MilvusStore
 
 COLLECTION = "e2e"
 MAX_TOP_K = 50
@@ -167,7 +167,7 @@ def test_requests_are_counted_in_prometheus_metrics(service) -> None:
 
 
 def test_hog_rerank_reorders_the_cnn_candidates_by_l1_distance(service) -> None:
-    from services.embedding.descriptors import hog_descriptor, l1_distances
+    from cbmir.services.embedding.descriptors import hog_descriptor, l1_distances
 
     client, store, archive = service
     query = _train_images(archive)[4]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from pki import Pki, make_pki  # tests/reliability is on sys.path (pytest's rootdir-less "prepend" import mode)
 
-from services.embedding import EmbeddingModel, decode_array, image_id
-from services.query.engine import RetrievalEngine
-from services.store import MilvusStore, choose_index
+from cbmir.services.embedding import EmbeddingModel, decode_array, image_id
+from cbmir.services.query.engine import RetrievalEngine
+from cbmir.services.store import MilvusStore, choose_index
 
 COLLECTION = "reliability"
 FIGURES_ENV = "CBMIR_RELIABILITY_FIGURES"  # a directory: tests write their measured figures there as JSON
@@ -34,7 +34,7 @@ class Corpus:
 
 def build_collection(uri: str, model: EmbeddingModel, rows: int = ROWS) -> tuple[list[str], list[np.ndarray]]:
     """Embed `rows` real BreastMNIST images with the real model and upsert them (no Ray: the point is the service)."""
-    from ingestion.samples import BREASTMNIST_SUBSET
+    from cbmir.ingestion.samples import BREASTMNIST_SUBSET
 
     data = np.load(BREASTMNIST_SUBSET)
     images = [data["train_images"][i] for i in range(rows)]

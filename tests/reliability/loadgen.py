@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from services.query.client import RetrievalClient
+from cbmir.services.query.client import RetrievalClient
 
 
 def run_load(target: str, images: Sequence[bytes], clients: int = 16, seconds: float = 60.0, top_k: int = 10,

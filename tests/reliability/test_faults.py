@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import record_figures
 
-from ingestion.embedder import FAULT_EXIT_ONCE_ENV
-from services.embedding import decode_image, image_id
-from services.store import MilvusStore
+from cbmir.ingestion.embedder import FAULT_EXIT_ONCE_ENV
+from cbmir.services.embedding import decode_image, image_id
+from cbmir.services.store import MilvusStore
 
 COLLECTION = "faults"
 LIMIT = 40
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _command(source: Path, uri: str, report: Path) -> list[str]:
-    return [sys.executable, "-m", "services.cli", "ingest", str(source), "--milvus-uri", uri,
+    return [sys.executable, "-m", "cbmir.cli", "ingest", str(source), "--milvus-uri", uri,
             "--collection", COLLECTION, "--split", "train", "--limit", str(LIMIT), "--actors", "1",
             "--batch-size", str(BATCH), "--flush-rows", str(BATCH), "--no-progress", "--log-level", "DEBUG",
             "--report", str(report)]

@@ -22,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from ingestion.reader import ARRAY_INDEX, NAME, REASON, SPLIT, STATUS, STATUS_FAILED, STATUS_OK, URI, read_item
-from services.query.client import RetrievalClient
-from services.query.proto import retrieval_pb2
-from services.query.server import ServerOptions, start_server
-from services.store.schema import FILTER_FIELDS
+from cbmir.ingestion.batches import ARRAY_INDEX, NAME, REASON, SPLIT, STATUS, STATUS_FAILED, STATUS_OK, URI
+from cbmir.ingestion.reader import read_item
+from cbmir.services.query.client import RetrievalClient
+from cbmir.services.query.proto import retrieval_pb2
+from cbmir.services.query.server import ServerOptions, start_server
+from cbmir.services.store.schema import FILTER_FIELDS
 
 CALL_DEADLINE = 20.0  # seconds: a call that takes longer is a hang
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,

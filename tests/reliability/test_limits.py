@@ -6,10 +6,10 @@ import time
 
 import grpc
 
-from services.query.client import RetrievalClient
-from services.query.engine import RetrievalEngine, SearchQuery, SearchResult
-from services.query.proto import retrieval_pb2
-from services.query.server import ServerOptions, start_server
+from cbmir.services.query.client import RetrievalClient
+from cbmir.services.query.engine import RetrievalEngine, SearchQuery, SearchResult
+from cbmir.services.query.proto import retrieval_pb2
+from cbmir.services.query.server import ServerOptions, start_server
 
 
 class SlowEngine(RetrievalEngine):

@@ -20,8 +20,8 @@ from conftest import COLLECTION, record_figures
 from loadgen import run_load
 from PIL import Image
 
-from services.query.client import RetrievalClient
-from services.store.milvus_server import free_ports
+from cbmir.services.query.client import RetrievalClient
+from cbmir.services.store.milvus_server import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -34,12 +34,12 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     uri = str(work / "cbmir.db")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     build = (f"import sys; sys.path.insert(0, {str(HERE)!r}); from conftest import build_collection; "
-             f"from services.embedding import EmbeddingModel; "
+             f"from cbmir.services.embedding import EmbeddingModel; "
              f"build_collection({uri!r}, EmbeddingModel.load('efficientnet_lite0'))")
     subprocess.run([sys.executable, "-c", build], check=True, env=env, cwd=ROOT, timeout=600, capture_output=True)
     port = free_ports(1)[0]
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve", "--milvus-uri", uri, "--collection", COLLECTION,
+        [sys.executable, "-m", "cbmir.cli", "serve", "--milvus-uri", uri, "--collection", COLLECTION,
          "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING"],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "serve.log", "w"))  # noqa: SIM115
     target = f"127.0.0.1:{port}"
@@ -65,7 +65,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _images() -> list[bytes]:
-    from ingestion.samples import BREASTMNIST_SUBSET
+    from cbmir.ingestion.samples import BREASTMNIST_SUBSET
 
     data = np.load(BREASTMNIST_SUBSET)["test_images"]
     out = []

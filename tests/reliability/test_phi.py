@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from conftest import record_figures
 
-from ingestion.config import IngestConfig
-from ingestion.runner import run_ingestion
-from services.embedding import id_salt_digest
-from services.store import MilvusStore, ModelMismatchError, schema
+from cbmir.ingestion.config import IngestConfig
+from cbmir.ingestion.runner import run_ingestion
+from cbmir.services.embedding import id_salt_digest
+from cbmir.services.store import MilvusStore, ModelMismatchError, schema
 
 # Identifying attributes (HIPAA Safe Harbor / DICOM PS3.15 basic profile) whose values must never be stored.
 PHI_KEYWORDS = (

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from pki import Pki
 
-from services.query.auth import AuthConfigError, Authenticator, load_tokens, parse_tokens
-from services.query.client import RetrievalClient
-from services.query.server import ServerOptions, start_server
-from services.query.tls import ServerTls, TlsConfigError, check_plaintext_allowed
+from cbmir.services.query.auth import AuthConfigError, Authenticator, load_tokens, parse_tokens
+from cbmir.services.query.client import RetrievalClient
+from cbmir.services.query.server import ServerOptions, start_server
+from cbmir.services.query.tls import ServerTls, TlsConfigError, check_plaintext_allowed
 
 TOKEN = "s3cr3t-token-for-the-ward-viewer-0123456789"
 OTHER_TOKEN = "another-valid-token-for-the-research-desk"

@@ -16,12 +16,12 @@ import pytest
 from conftest import COLLECTION, build_collection, record_figures
 from tcp_proxy import TcpProxy
 
-from services.query.client import RetrievalClient
-from services.query.engine import RetrievalEngine
-from services.query.server import ServerOptions, start_server
-from services.store import MilvusStore, StoreBusyError
-from services.store.milvus import is_backpressure
-from services.store.milvus_server import MilvusServer, free_ports
+from cbmir.services.query.client import RetrievalClient
+from cbmir.services.query.engine import RetrievalEngine
+from cbmir.services.query.server import ServerOptions, start_server
+from cbmir.services.store import MilvusStore, StoreBusyError
+from cbmir.services.store.milvus import is_backpressure
+from cbmir.services.store.milvus_server import MilvusServer, free_ports
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("milvus") is None,
                                 reason="the PyPI package `milvus` is not installed (pip install 'cbmir[server]')")
@@ -168,7 +168,7 @@ def test_upsert_rides_out_write_backpressure_with_backoff(milvus, reliability_mo
     # The store writes with upsert, or delete + insert on servers older than 2.3.10: refuse whichever it uses.
     for method in ("upsert", "insert"):
         monkeypatch.setattr(store.client, method, refusing(getattr(store.client, method)))
-    monkeypatch.setattr("services.store.milvus.time.sleep", lambda s: None)
+    monkeypatch.setattr("cbmir.services.store.milvus.time.sleep", lambda s: None)
     first = store.client.query(COLLECTION, filter="", output_fields=["id"], limit=1)[0]["id"]
     row = store.get_rows(COLLECTION, [first])
     assert store.upsert(COLLECTION, [dict(r) for r in row.values()]) == 1

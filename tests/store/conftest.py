@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.store.milvus_server import MilvusServer
+from cbmir.services.store.milvus_server import MilvusServer
 
 
 @pytest.fixture(params=["lite", "server"])

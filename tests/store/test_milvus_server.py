@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pymilvus import MilvusClient
 
-from services.store import MilvusStore, choose_index
-from services.store.milvus_server import MilvusServer
+from cbmir.services.store import MilvusStore, choose_index
+from cbmir.services.store.milvus_server import MilvusServer
 
 
 def test_the_session_server_serves_on_loopback_and_reports_healthy(milvus_server: MilvusServer) -> None:
@@ -48,7 +48,7 @@ def test_stop_leaves_no_process_and_removes_the_temporary_data_dir() -> None:
 
 
 def test_milvus_settings_reach_the_server_config_and_unknown_keys_are_refused(tmp_path) -> None:
-    from services.store.milvus_server import MilvusServerError, parse_settings
+    from cbmir.services.store.milvus_server import MilvusServerError, parse_settings
 
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         parse_settings(["dataCoord.segment.maxSize"])

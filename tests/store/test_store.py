@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from services.store import (
+from cbmir.services.store import (
     CollectionNotFoundError,
     InvalidFilterError,
     MilvusStore,

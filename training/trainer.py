@@ -25,15 +25,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.embedding.checkpoint import (
+from cbmir.services.embedding.checkpoint import (
     build_net,
     checkpoint_dict,
     read_raw,
     save_checkpoint,
 )
-from services.embedding.heads import CenterLoss, RetrievalNet, batch_hard_triplet_loss, is_blocked_efficientnet
-from services.embedding.model import build_backbone, get_backbone, resolve_precision
-from services.embedding.preprocess import Preprocessing, to_batch_tensor
+from cbmir.services.embedding.heads import CenterLoss, RetrievalNet, batch_hard_triplet_loss, is_blocked_efficientnet
+from cbmir.services.embedding.model import build_backbone, get_backbone, resolve_precision
+from cbmir.services.embedding.preprocess import Preprocessing, to_batch_tensor
+from cbmir.services.ranking_metrics import seed003_average_precision
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,10 @@ class TrainResult:
 
 def load_images(config: TrainConfig, split: str | None, progress: bool = False) -> LabelledImages:
     """List `split` of the source with ingestion's listing and decode it with ingestion's reader."""
-    from ingestion.config import IngestConfig
-    from ingestion.reader import PIXELS, REASON, SHAPE, STATUS, STATUS_OK, item_row, read_item, unpack_pixels
-    from ingestion.sources import list_source
-    from services.store import schema
+    from cbmir.ingestion.batches import ID, PIXELS, REASON, SHAPE, STATUS, STATUS_OK, item_row
+    from cbmir.ingestion.config import IngestConfig
+    from cbmir.ingestion.reader import read_item, unpack_pixels
+    from cbmir.ingestion.sources import list_source
 
     listing = list_source(IngestConfig(source=config.source, manifest=config.manifest, split=split,
                                        image_column=config.image_column, label_column=config.label_column,
@@ -152,7 +153,7 @@ def load_images(config: TrainConfig, split: str | None, progress: bool = False) 
         pixels[len(labels)] = unit.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         labels.append(item.label)
         names.append(item.name)
-        ids.append(row[schema.ID])
+        ids.append(row[ID])
         groups.append(groups_by_name.get(item.name, item.name) if config.group_column else item.name)
     return LabelledImages(pixels[: len(labels)].clone(), labels, names, ids, groups)
 
@@ -261,20 +262,16 @@ def _normalise(unit: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 def map_at_k(embeddings: torch.Tensor, labels: torch.Tensor, k: int = 10) -> float:
-    """Leave-one-out mAP@k by cosine within one set: AP@k = sum_i P@i * rel_i / (relevant in the top k)."""
+    """Leave-one-out mAP@k by cosine within one set, as `cbmir eval` reports it (seed 003: mean of P@1..P@k)."""
     n = embeddings.shape[0]
     if n < 2:
         return 0.0
     e = F.normalize(embeddings.float(), dim=1)
     sim = e @ e.T
     sim.fill_diagonal_(float("-inf"))
-    k = min(k, n - 1)
-    top = sim.topk(k, dim=1).indices
-    rel = (labels[top] == labels.unsqueeze(1)).float()
-    precision_at = rel.cumsum(1) / torch.arange(1, k + 1, dtype=torch.float32)
-    hits = rel.sum(1)
-    ap = torch.where(hits > 0, (precision_at * rel).sum(1) / hits.clamp_min(1), torch.zeros_like(hits))
-    return float(ap.mean())
+    top = sim.topk(min(k, n - 1), dim=1).indices
+    rel = (labels[top] == labels.unsqueeze(1)).numpy()
+    return float(seed003_average_precision(rel, k_max=k).mean())
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -6,9 +6,11 @@ import argparse
 import datetime
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from bench.engines import ENGINES
+from cbmir.bench import ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +24,9 @@ def _words(text: str) -> tuple[str, ...]:
 
 
 def cmd_bench_search(args: argparse.Namespace) -> int:
-    from bench import report
-    from bench.search import FULL_SIZES, QUICK_SIZES, SearchBenchConfig, run
-    from services.store.milvus_server import parse_settings
+    from cbmir.bench import report, run_record
+    from cbmir.bench.search import FULL_SIZES, QUICK_SIZES, SearchBenchConfig, run
+    from cbmir.services.store.milvus_server import parse_settings
 
     sizes = args.sizes or (FULL_SIZES if args.full else QUICK_SIZES)
     out_dir = Path(args.out) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -36,11 +38,11 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         seed=args.seed, workdir=str(out_dir / "work"), server_uri=args.server_uri,
         server_settings=parse_settings(args.server_setting), reuse=args.reuse,
     )
-    record = {"machine": report.machine(), "versions": report.versions()}
+    record = {"machine": run_record.machine(), "versions": run_record.versions()}
     print(f"cbmir bench search -> {out_dir}  sizes={list(sizes)} engines={list(config.engines)} "
           f"indexes={list(config.index_types)} vectors={config.vectors} dim={config.dim}", flush=True)
     record.update(run(config, progress=lambda line: print(line, flush=True)))
-    record["machine"]["load_average_after"] = report.machine()["load_average"]
+    record["machine"]["load_average_after"] = run_record.machine()["load_average"]
     json_path = report.write_json(record, out_dir)
     pngs = report.plots(record, out_dir)
     if not args.keep_work:
@@ -61,8 +63,8 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
 
 def cmd_bench_vectors(args: argparse.Namespace) -> int:
     """Embed real images, save them, and compare their statistics with the synthetic generator's."""
-    from bench import vectors
-    from bench.real_embeddings import embed_folder
+    from cbmir.bench import vectors
+    from cbmir.bench.real_embeddings import embed_folder
 
     path = Path(args.out)
     if not path.exists():
@@ -83,8 +85,8 @@ def _out_dir(root: str) -> Path:
 
 def cmd_bench_query(args: argparse.Namespace) -> int:
     """gRPC round trip per stage (decode, embed, search, service overhead) and QPS, on the real service."""
-    from bench import report
-    from bench.pipeline import QueryBenchConfig, default_source, query_plot, query_table, run_query_bench
+    from cbmir.bench import run_record
+    from cbmir.bench.pipeline import QueryBenchConfig, default_source, query_plot, query_table, run_query_bench
 
     source, split = (args.source, args.split) if args.source else default_source()
     out_dir = _out_dir(args.out)
@@ -92,30 +94,32 @@ def cmd_bench_query(args: argparse.Namespace) -> int:
                               clients=_ints(args.clients), qps_seconds=args.qps_seconds, milvus_uri=args.milvus_uri,
                               index_type=args.index)
     print(f"cbmir bench query -> {out_dir}  source={source} split={split}", flush=True)
-    record = {"machine": report.machine(), "versions": report.versions(), **run_query_bench(config)}
-    (out_dir / "query.json").write_text(json.dumps(record, indent=2, default=float))
-    png = query_plot(record, out_dir)
-    print(query_table(record))
-    print(f"\nwrote {out_dir / 'query.json'} and {png}")
-    return 0
+    record = {"machine": run_record.machine(), "versions": run_record.versions(), **run_query_bench(config)}
+    return _write_outputs(record, out_dir / "query.json", query_plot, query_table)
 
 
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     """Ray pipeline images/s for 1..N actors and batch sizes, beside the bare model's images/s in the same run."""
-    from bench import report
-    from bench.pipeline import IngestBenchConfig, default_source, ingest_plot, ingest_table, run_ingest_bench
+    from cbmir.bench import run_record
+    from cbmir.bench.pipeline import IngestBenchConfig, default_source, ingest_plot, ingest_table, run_ingest_bench
 
     source, split = (args.source, args.split) if args.source else default_source()
     out_dir = _out_dir(args.out)
     config = IngestBenchConfig(source=source, split=split, actors=_ints(args.actors),
                                batch_sizes=_ints(args.batch_sizes), limit=args.limit or None)
     print(f"cbmir bench ingest -> {out_dir}  source={source} split={split} limit={config.limit}", flush=True)
-    record = {"machine": report.machine(), "versions": report.versions(),
+    record = {"machine": run_record.machine(), "versions": run_record.versions(),
               **run_ingest_bench(config, progress=lambda line: print(line, flush=True))}
-    (out_dir / "ingest.json").write_text(json.dumps(record, indent=2, default=float))
-    png = ingest_plot(record, out_dir)
-    print(ingest_table(record))
-    print(f"\nwrote {out_dir / 'ingest.json'} and {png}")
+    return _write_outputs(record, out_dir / "ingest.json", ingest_plot, ingest_table)
+
+
+def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
+                   table: Callable[[dict[str, Any]], str]) -> int:
+    """A benchmark's three outputs: its JSON record, its PNG plot beside it, its table on stdout."""
+    json_path.write_text(json.dumps(record, indent=2, default=float))
+    png = plot(record, json_path.parent)
+    print(table(record))
+    print(f"\nwrote {json_path} and {png}")
     return 0
 
 

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from bench.quality.config import HOG, PREFILTERS, EvalConfig
-from bench.quality.crossfit import CrossFitError
-from bench.quality.datasets import PRESETS, PROTOCOLS, SPLIT, DatasetSpec
-from bench.quality.report import DEFAULT_DOCS, write_report
-from bench.quality.runner import DEFAULT_DB, DEFAULT_OUT, EvalUnsupported, run_eval
-from bench.quality.scoring import DEFAULT_KS
-from bench.quality.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
-
-log = logging.getLogger(__name__)
+from cbmir.bench.quality.config import DEFAULT_DB, DEFAULT_OUT, HOG, PREFILTERS, EvalConfig
+from cbmir.bench.quality.crossfit import CrossFitError
+from cbmir.bench.quality.datasets import PRESETS, PROTOCOLS, SPLIT, DatasetSpec
+from cbmir.bench.quality.report import DEFAULT_DOCS, write_report
+from cbmir.bench.quality.scoring import DEFAULT_KS
+from cbmir.bench.quality.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
 
 def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
@@ -109,7 +106,9 @@ def configs(args: argparse.Namespace) -> list[EvalConfig]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from bench.quality.record import format_table
+    from cbmir.bench.quality.record import format_table
+    from cbmir.bench.quality.runner import EvalUnsupported, run_eval
+    from cbmir.ingestion.pipeline import ray_session
 
     out = Path(args.out)
     if args.report:
@@ -120,8 +119,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SystemExit("cbmir eval: give a DATASET (or --report)")
     spec = dataset_spec(args)
     records, skipped = [], []
-    started_ray = _start_ray(args.actors) if args.backbone != HOG else False
-    try:
+    # One local Ray for every configuration of the run (each ingestion would otherwise start its own).
+    ray = ray_session(num_cpus=max(args.actors, os.cpu_count() or 1)) if args.backbone != HOG else nullcontext()
+    with ray:
         for config in configs(args):
             print(f"== {spec.name}: {config.method_label()} {config.name()}", file=sys.stderr)
             try:
@@ -131,11 +131,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                         tsne=not args.no_tsne))
             except (EvalUnsupported, CrossFitError) as error:
                 skipped.append(f"{config.name()}: {error}")
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     if records:
         print(format_table(records))
         print(f"records: {', '.join(str(Path(r['pngs'][0]).parent / 'record.json') for r in records)}")
@@ -143,13 +138,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"skipped {line}", file=sys.stderr)
     return 0 if records or not skipped else 2
 
-
-def _start_ray(actors: int) -> bool:
-    """One local Ray for every configuration of the run (each ingestion would otherwise start its own)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(num_cpus=max(actors, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)
-    return True

@@ -1,5 +1,8 @@
 """Ranking metrics over binary relevance (relevant = same label): P@k, R@k, NDCG@k, seed-003 AP@k, full AP, PR.
 
+The one definition of each: `cbmir eval` reports them and `cbmir train` selects checkpoints by the same mAP@10,
+so it lives low in the tree where both reach it.
+
 Every function takes `rel`, a (queries, depth) 0/1 matrix (row i: relevance of the hits of query i, best first;
 a row shorter than k counts the missing hits as not relevant) and `n_relevant`, the number of relevant items the
 index holds for each query (the query itself and, leave-one-patient-out, its patient's images excluded). Each

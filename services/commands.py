@@ -1,0 +1,230 @@
+"""The query side's subcommands: `cbmir serve`, `cbmir search`, `cbmir info`, `cbmir milvus-server`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cbmir.services.flags import add_logging_flags, add_model_flags, add_store_flags, load_model_for
+from cbmir.services.store.milvus_server import add_milvus_server_parser
+
+
+def _server_options(args: argparse.Namespace) -> Any:
+    """TLS, tokens, audit and limits of `cbmir serve`; refuses unsafe combinations before anything loads."""
+    from cbmir.services.query.auth import Authenticator, load_tokens
+    from cbmir.services.query.server import ServerOptions
+    from cbmir.services.query.tls import check_plaintext_allowed, server_tls_from_flags
+
+    tls = server_tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+    authenticator = Authenticator(load_tokens(args.auth_tokens_file))
+    check_plaintext_allowed(args.host, tls, authenticator.enabled, args.insecure)
+    return ServerOptions(tls=tls, authenticator=authenticator, insecure=args.insecure, audit_log=args.audit_log,
+                         max_concurrent_rpcs=args.max_concurrent_rpcs, store_check_seconds=args.store_check_seconds)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cbmir.services.embedding import id_salt_digest
+    from cbmir.services.query.engine import RetrievalEngine
+    from cbmir.services.query.metrics import serve_metrics
+    from cbmir.services.query.server import serve_forever, start_server
+    from cbmir.services.store import MilvusStore
+
+    options = _server_options(args)
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout)
+    model = load_model_for(args, store, args.collection)
+    engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
+                             max_image_bytes=args.max_image_mb * 1024 * 1024,
+                             min_confidence=args.prefilter_min_confidence)
+    engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
+    if args.id_salt:
+        store.check_id_salt(args.collection, id_salt_digest(args.id_salt))
+    serve_metrics(args.metrics_port, args.metrics_host)
+    running = start_server(engine, host=args.host, port=args.port, max_message_mb=args.max_message_mb,
+                           workers=args.workers, options=options)
+    transport = "mutual TLS" if options.tls and options.tls.mutual else "TLS" if options.tls else "plain text"
+    print(f"cbmir serving {args.collection} on {args.host}:{running.port} over {transport}"
+          f"{', token auth' if options.authenticator.enabled else ''} "
+          f"(model {model.identity.architecture} {model.identity.model_id}); Ctrl-C stops", file=sys.stderr)
+    serve_forever(running)
+    store.close()
+    return 0
+
+
+def _parse_filters(items: list[str]) -> dict[str, str]:
+    filters = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--filter takes FIELD=VALUE, got {item!r}")
+        filters[key.strip()] = value
+    return filters
+
+
+def print_hits(reply: Any, out: Any = sys.stdout) -> None:
+    t = reply.timings
+    print(f"collection {reply.collection}  model {reply.model_id}  "
+          f"decode {t.decode_ms:.1f} ms  embed {t.embed_ms:.1f} ms  search {t.search_ms:.1f} ms  "
+          f"server total {t.total_ms:.1f} ms", file=out)
+    if reply.predicted_class:
+        print(f"predicted class {reply.predicted_class} (p={reply.predicted_probability:.2f})", file=out)
+    if reply.prefilter_note:
+        print(f"prefilter: {reply.prefilter_note}", file=out)
+    if reply.reranked:
+        print("re-ranked by HOG", file=out)
+    print(f"{'rank':>4}  {'score':>8}  {'label':<16} {'modality':<8} {'id':<14} source", file=out)
+    for hit in reply.hits:
+        print(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.label[:16]:<16} {hit.metadata.get('modality', '')[:8]:<8} "
+              f"{hit.id[:12]:<14} {hit.source}", file=out)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from cbmir.services.query.client import RetrievalClient
+
+    if not (args.image or args.id):
+        raise SystemExit("cbmir search: give an IMAGE file or --id")
+    token = _read_token(args.token_file)
+    with RetrievalClient(args.target, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                         tls_key=args.tls_key, tls_server_name=args.tls_server_name, token=token) as client:
+        try:
+            kwargs: dict[str, Any] = {"id": args.id} if args.id else {"image": Path(args.image)}
+            reply = client.search(top_k=args.k, collection=args.collection, filters=_parse_filters(args.filter),
+                                  prefilter=args.prefilter, prefilter_class=args.prefilter_class,
+                                  min_confidence=args.min_confidence, rerank=args.rerank, k_prep=args.k_prep,
+                                  **kwargs)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
+    else:
+        print_hits(reply)
+    return 0
+
+
+def _read_token(path: str | None) -> str | None:
+    """The bearer token: first line of --token-file, else $CBMIR_TOKEN (never a flag value: `ps` would show it)."""
+    if path:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+        token = lines[0].strip()
+        if ":" in token:  # a line of the server's tokens file, name:token
+            token = token.partition(":")[2].strip()
+        return token or None
+    return os.environ.get("CBMIR_TOKEN") or None
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from cbmir.services.embedding import BACKBONES
+    from cbmir.services.store import MilvusStore
+
+    print("backbones:")
+    for name, spec in BACKBONES.items():
+        weights = spec.bundled_weights or "needs --weights PATH (or --random-init)"
+        print(f"  {name:<18} dim {spec.dim:<5} input {spec.input_size}px  weights: {weights}")
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token)
+    names = [args.collection] if args.only else [n for n in store.list_collections() if "__" not in n]
+    print(f"store {args.milvus_uri}: {len(names)} collection(s)")
+    for name in names:
+        info = store.describe(name)
+        identity = json.loads(info.model_identity_json or "{}")
+        print(f"  {info.name}: {info.row_count} rows, dim {info.dim}, {info.metric}, {info.index_type} "
+              f"{json.dumps(info.index_params)}; model {identity.get('architecture')} "
+              f"weights {str(identity.get('weights_sha256'))[:12]}")
+    store.close()
+    return 0
+
+
+def add_service_commands(sub: Any) -> None:
+    """Register serve, search, info and milvus-server on the `cbmir` subparsers."""
+    serve = sub.add_parser("serve", help="run the gRPC query service",
+                           description="Serve RetrievalService, gRPC health checking and reflection, "
+                                       "and Prometheus metrics.")
+    add_store_flags(serve)
+    add_model_flags(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for all; default %(default)s)")
+    serve.add_argument("--port", type=int, default=50051, help="gRPC port (default %(default)s)")
+    serve.add_argument("--workers", type=int, default=8, help="RPC worker threads (default %(default)s)")
+    serve.add_argument("--max-top-k", type=int, default=1000, help="largest k a request may ask (default %(default)s)")
+    serve.add_argument("--max-message-mb", type=int, default=256,
+                       help="largest gRPC message in MiB; a full-field mammogram DICOM is ~50-100 MB "
+                            "(default %(default)s)")
+    serve.add_argument("--max-image-mb", type=int, default=256, help="largest query image in MiB")
+    serve.add_argument("--prefilter-min-confidence", type=float, default=0.5,
+                       help="predicted-class prefilter: below this probability search the whole collection "
+                            "(default %(default)s)")
+    serve.add_argument("--metrics-port", type=int, default=9108,
+                       help="Prometheus /metrics port, 0 disables (default %(default)s)")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus listen address")
+    security = serve.add_argument_group(
+        "security", "Plain text is allowed on loopback (127.0.0.1, ::1, localhost) only. Any other --host needs "
+                    "--tls-cert/--tls-key and client authentication (--auth-tokens-file or --tls-client-ca), or "
+                    "--insecure. Health checks need no token (probes).")
+    security.add_argument("--tls-cert", default=None, metavar="PEM", help="server certificate chain (enables TLS)")
+    security.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
+    security.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                          help="CA bundle for client certificates: enables mutual TLS (clients must present one)")
+    security.add_argument("--auth-tokens-file", default=os.environ.get("CBMIR_AUTH_TOKENS_FILE"), metavar="PATH",
+                          help="bearer tokens, one per line as name:token (or a bare token); calls must send "
+                               "'authorization: Bearer <token>'. Env CBMIR_AUTH_TOKENS (comma separated) adds more")
+    security.add_argument("--insecure", action="store_true",
+                          help="allow plain text / unauthenticated clients on a non-loopback --host (behind a "
+                               "trusted TLS-terminating proxy only)")
+    security.add_argument("--audit-log", default=None, metavar="PATH",
+                          help="append one JSON line per RPC: time, caller, request kind, k, filters, prefilter, "
+                               "result ids, latency, status (never pixels, never tokens)")
+    security.add_argument("--id-salt", default=os.environ.get("CBMIR_ID_SALT", ""),
+                          help="check that the collection's ids were keyed with this salt (env CBMIR_ID_SALT)")
+    limits = serve.add_argument_group("limits and availability")
+    limits.add_argument("--max-concurrent-rpcs", type=int, default=None,
+                        help="RPCs admitted at once, running or queued; beyond it RESOURCE_EXHAUSTED at once "
+                             "(default: 5 x --workers)")
+    limits.add_argument("--store-timeout", type=float, default=5.0,
+                        help="seconds a Milvus server call may take, retries included, before UNAVAILABLE "
+                             "(default %(default)s)")
+    limits.add_argument("--store-check-seconds", type=float, default=3.0,
+                        help="ping Milvus this often; health is NOT_SERVING while it fails, SERVING again when it "
+                             "answers; 0 disables (default %(default)s)")
+    add_logging_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    search = sub.add_parser("search", help="query a running service with an image file or a stored id")
+    search.add_argument("image", nargs="?", help="image file to query with (DICOM, PNG, JPEG, ...)")
+    search.add_argument("--id", default=None, help="query with an image already stored, by its id")
+    search.add_argument("-k", type=int, default=10, help="number of hits (default %(default)s)")
+    search.add_argument("--target", default="127.0.0.1:50051", help="service address (default %(default)s)")
+    search.add_argument("--collection", default="", help="collection (default: the server's)")
+    search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
+                        help="equality filter on label, modality, body_part, view, dataset, ... (repeatable)")
+    search.add_argument("--prefilter", default="off", choices=["off", "predicted", "explicit"])
+    search.add_argument("--prefilter-class", default="", help="class to search with --prefilter explicit")
+    search.add_argument("--min-confidence", type=float, default=0.0,
+                        help="--prefilter predicted: below this probability search everything (0: server default)")
+    search.add_argument("--rerank", default="", choices=["", "hog"],
+                        help="re-rank CNN candidates by HOG (collection ingested with --rerank-descriptor hog)")
+    search.add_argument("--k-prep", type=int, default=0, help="candidates to re-rank (0: max(10, k))")
+    search.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
+    search.add_argument("--json", action="store_true", help="print the reply as JSON")
+    search.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
+    search.add_argument("--tls-ca", default=None, metavar="PEM", help="CA that signed the server certificate (TLS)")
+    search.add_argument("--tls-cert", default=None, metavar="PEM", help="client certificate (mutual TLS)")
+    search.add_argument("--tls-key", default=None, metavar="PEM", help="client private key (mutual TLS)")
+    search.add_argument("--tls-server-name", default=None,
+                        help="name to check the server certificate against (when --target is an IP)")
+    search.add_argument("--token-file", default=None, metavar="PATH",
+                        help="file whose first line is the bearer token (default: env CBMIR_TOKEN)")
+    add_logging_flags(search)
+    search.set_defaults(func=cmd_search)
+
+    info = sub.add_parser("info", help="list backbones, and the collections of a store with their models")
+    add_store_flags(info)
+    info.add_argument("--only", action="store_true", help="describe only --collection")
+    add_logging_flags(info)
+    info.set_defaults(func=cmd_info)
+
+    add_milvus_server_parser(sub)
