@@ -14,8 +14,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from cbmir.ingestion.runner import run_ingestion
 
     config = IngestConfig(
-        source=args.source, milvus_uri=args.milvus_uri, collection=args.collection, backbone=args.backbone,
-        weights=args.weights, random_init=args.random_init, device=args.device,
+        source=args.source, milvus_uri=args.milvus_uri, milvus_token=args.milvus_token, collection=args.collection,
+        backbone=args.backbone, weights=args.weights, random_init=args.random_init, device=args.device,
         gpus_per_actor=args.gpus_per_actor, precision=args.precision, actors=args.actors,
         batch_size=args.batch_size, ray_address=args.ray_address, index_type=args.index, metric=args.metric,
         dataset=args.dataset, manifest=args.manifest, image_column=args.image_column,

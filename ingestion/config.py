@@ -17,6 +17,7 @@ class IngestConfig:
 
     source: str  # a directory tree, a CSV manifest, or an .npz (MedMNIST layout)
     milvus_uri: str = DEFAULT_URI
+    milvus_token: str = ""  # "user:password" of an authenticated Milvus server; a secret, like id_salt
     collection: str = DEFAULT_COLLECTION
     backbone: str = "efficientnet_lite0"
     weights: str | None = None
@@ -61,6 +62,6 @@ class IngestConfig:
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 
-    def __repr__(self) -> str:  # the salt is a secret: never in logs or reports
-        fields = {k: ("***" if k == "id_salt" and v else v) for k, v in vars(self).items()}
+    def __repr__(self) -> str:  # the salt and the token are secrets: never in logs or reports
+        fields = {k: ("***" if k in ("id_salt", "milvus_token") and v else v) for k, v in vars(self).items()}
         return f"IngestConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"

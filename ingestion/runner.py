@@ -61,7 +61,7 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
         milvus_uri=config.milvus_uri, ray_address=config.ray_address,
     )
     # Opened before Ray starts: an unreachable or locked store fails in a second, not after Ray's start-up.
-    store = MilvusStore(config.milvus_uri)
+    store = MilvusStore(config.milvus_uri, token=config.milvus_token)
     try:
         with ray_session(config.ray_address):
             plan = plan_resources(cluster_cpus(), config.actors, config.device, config.gpus_per_actor,

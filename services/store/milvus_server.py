@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ _PR_SET_PDEATHSIG = 1
 class MilvusServerError(RuntimeError):
     """The server could not be started; the message carries the tail of its log."""
 
+# Milvus's built-in administrator and its default password, on a server started with authorization on.
+DEFAULT_ROOT_TOKEN = "root:Milvus"
 
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     """`count` distinct ports the kernel says are free now (held open together so they differ)."""
@@ -152,7 +155,7 @@ class MilvusServer:
         # timeout (1800 s by default); writes are already durable in the WAL, so a few seconds suffice.
         config.set("common.gracefulStopTimeout", GRACEFUL_STOP_SECONDS)
         for key, value in self.settings.items():
-            config.set(key, value)
+            config.set(key, _typed_template_value(config, key, value))
         try:
             config.resolve()  # writes data_dir/configs/milvus.yaml; fails if a chosen port was taken meanwhile
         except RuntimeError as error:
@@ -193,6 +196,8 @@ class MilvusServer:
         assert self.data_dir is not None
         written = yaml.safe_load((self.data_dir / "configs" / "milvus.yaml").read_text())
         for key, value in self.settings.items():
+            if "." not in key:  # a template variable (authorization_enabled): checked when it was typed
+                continue
             node: object = written
             for part in key.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
@@ -234,13 +239,19 @@ class MilvusServer:
                                         f"its log ends with:\n{self.log_tail()}")
             if self._healthy():
                 try:
-                    client = MilvusClient(uri=self.uri, timeout=5)
+                    client = MilvusClient(uri=self.uri, token=self._probe_token(), timeout=5)
                     client.list_collections()
                     client.close()
                     return
                 except Exception as error:  # noqa: BLE001 - any client failure means "not yet"
                     log.debug("milvus healthy but not serving yet: %s", error)
             time.sleep(0.2)
+
+    def _probe_token(self) -> str:
+        """With authorization on, a new server answers only its built-in administrator (default password)."""
+        enabled = {k: str(v).lower() for k, v in self.settings.items()
+                   if k in ("authorization_enabled", "common.security.authorizationEnabled")}
+        return DEFAULT_ROOT_TOKEN if "true" in enabled.values() else ""
 
     def _healthy(self) -> bool:
         try:
@@ -289,6 +300,25 @@ class MilvusServer:
             if path.exists():
                 tail += path.read_text(errors="replace").splitlines()[-lines:]
         return "\n".join(tail[-lines:])
+
+
+def _typed_template_value(config: Any, key: str, value: str) -> object:
+    """A value for one of the template's own variables (`authorization_enabled`, ...) in the type it declares,
+    since the package ignores a value of another type without a word; dotted milvus.yaml keys pass as text."""
+    if "." in key:
+        return value
+    if key not in config.configurable_items:
+        raise MilvusServerError(f"unknown Milvus setting {key!r}: use a dotted milvus.yaml key or one of "
+                                f"{', '.join(sorted(config.configurable_items))}")
+    kind = config.configurable_items[key][0]
+    if kind is bool:
+        if value.lower() not in ("true", "false"):
+            raise MilvusServerError(f"Milvus setting {key} takes true or false, got {value!r}")
+        return value.lower() == "true"
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise MilvusServerError(f"Milvus setting {key} takes a {kind.__name__}, got {value!r}") from None
 
 
 def parse_settings(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
