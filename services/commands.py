@@ -40,6 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_image_bytes=args.max_image_mb * 1024 * 1024,
                              min_confidence=args.prefilter_min_confidence)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
+    warm_ms = engine.warm_up()
     if args.id_salt:
         store.check_id_salt(args.collection, id_salt_digest(args.id_salt))
     serve_metrics(args.metrics_port, args.metrics_host)
@@ -48,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     transport = "mutual TLS" if options.tls and options.tls.mutual else "TLS" if options.tls else "plain text"
     print(f"cbmir serving {args.collection} on {args.host}:{running.port} over {transport}"
           f"{', token auth' if options.authenticator.enabled else ''} "
-          f"(model {model.identity.architecture} {model.identity.model_id}); Ctrl-C stops", file=sys.stderr)
+          f"(model {model.identity.architecture} {model.identity.model_id}, warmed up in {warm_ms:.0f} ms); "
+          "Ctrl-C stops", file=sys.stderr)
     serve_forever(running)
     store.close()
     return 0

@@ -48,6 +48,7 @@ def test_demo_ingests_serves_queries_and_stops(tmp_path: Path) -> None:
     result = run("demo", "--workdir", str(tmp_path / "demo"), "--limit", "40", "-k", "3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SERVING" in result.stdout and "stopped cleanly" in result.stdout
+    assert "model warmed up in" in result.stdout and "first query: round trip" in result.stdout
     hit_lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]
     assert len(hit_lines) == 3
     report = json.loads((tmp_path / "demo" / "ingest-report.json").read_text())
