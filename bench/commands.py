@@ -92,7 +92,7 @@ def cmd_bench_query(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args.out)
     config = QueryBenchConfig(source=source, split=split, queries=args.queries, top_k=args.k,
                               clients=_ints(args.clients), qps_seconds=args.qps_seconds, milvus_uri=args.milvus_uri,
-                              index_type=args.index)
+                              index_type=args.index, **_source_columns(args))
     print(f"cbmir bench query -> {out_dir}  source={source} split={split}", flush=True)
     record = {"machine": run_record.machine(), "versions": run_record.versions(), **run_query_bench(config)}
     return _write_outputs(record, out_dir / "query.json", query_plot, query_table)
@@ -106,7 +106,8 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     source, split = (args.source, args.split) if args.source else default_source()
     out_dir = _out_dir(args.out)
     config = IngestBenchConfig(source=source, split=split, actors=_ints(args.actors),
-                               batch_sizes=_ints(args.batch_sizes), limit=args.limit or None)
+                               batch_sizes=_ints(args.batch_sizes), limit=args.limit or None,
+                               **_source_columns(args))
     print(f"cbmir bench ingest -> {out_dir}  source={source} split={split} limit={config.limit}", flush=True)
     record = {"machine": run_record.machine(), "versions": run_record.versions(),
               **run_ingest_bench(config, progress=lambda line: print(line, flush=True))}
@@ -121,6 +122,19 @@ def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict
     print(table(record))
     print(f"\nwrote {json_path} and {png}")
     return 0
+
+
+def _source_columns(args: argparse.Namespace) -> dict[str, Any]:
+    return {"manifest": args.manifest, "image_column": args.image_column, "label_column": args.label_column}
+
+
+def _add_source_flags(parser: argparse.ArgumentParser, source_help: str) -> None:
+    """The archive flags of `cbmir ingest`, so a benchmark reads any source ingest reads."""
+    parser.add_argument("--source", default=None, help=source_help)
+    parser.add_argument("--split", default=None, help="index split; queries come from the others")
+    parser.add_argument("--manifest", default=None, help="CSV manifest (default: SOURCE/labels.csv if present)")
+    parser.add_argument("--image-column", default="image", help="manifest column with the image path")
+    parser.add_argument("--label-column", default="label", help="manifest column with the label (MIAS: tissue)")
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -180,8 +194,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     query = bench_sub.add_parser("query", help="end to end over gRPC: latency per stage, service overhead, QPS",
                                  description="Ingest SOURCE (skipped if present), serve it on 127.0.0.1, send "
                                              "--queries images one at a time, then QPS at --clients.")
-    query.add_argument("--source", default=None, help=source_help)
-    query.add_argument("--split", default=None, help="split to index; queries come from the others")
+    _add_source_flags(query, source_help)
     query.add_argument("--queries", type=int, default=100)
     query.add_argument("-k", type=int, default=10)
     query.add_argument("--clients", default="1,4", help="concurrent clients for QPS (default %(default)s)")
@@ -196,8 +209,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     ingest = bench_sub.add_parser("ingest", help="Ray ingestion images/s vs actors and batch size, vs the bare model",
                                   description="Ingest the same images into a fresh collection per configuration "
                                               "and compare with the bare model's images/s measured in the same run.")
-    ingest.add_argument("--source", default=None, help=source_help)
-    ingest.add_argument("--split", default=None)
+    _add_source_flags(ingest, source_help)
     ingest.add_argument("--actors", default="1,2", help="(default %(default)s)")
     ingest.add_argument("--batch-sizes", default="16,32", help="(default %(default)s)")
     ingest.add_argument("--limit", type=int, default=400, help="images per run, 0 = all (default %(default)s)")

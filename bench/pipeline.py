@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,32 @@ def default_source() -> tuple[str, str | None]:
     return str(build_dicom_archive(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "dicom")), None
 
 
-def query_images(source: str, split: str | None, count: int) -> list[bytes]:
-    """Query files: the other split of a labelled archive when there is one, else the archive's own files."""
-    root = Path(source)
-    manifest = root / "labels.csv"
-    paths: list[Path] = []
-    if manifest.exists():
-        with open(manifest, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        wanted = [r for r in rows if split is None or r.get("split", "") not in ("", split)] or rows
-        paths = [root / r["image"] for r in wanted]
-    else:
-        paths = sorted(p for p in root.rglob("*") if p.is_file())
-    return [p.read_bytes() for p in paths[:count]]
+@dataclass(frozen=True)
+class SourceOptions:
+    """Where a benchmark's images come from, read the way `cbmir ingest` reads them."""
+
+    source: str
+    split: str | None = None  # the index split; queries come from the others
+    manifest: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+
+    def ingest_config(self, **overrides: Any) -> Any:
+        from cbmir.ingestion import IngestConfig
+
+        return IngestConfig(source=self.source, split=self.split, manifest=self.manifest,
+                            image_column=self.image_column, label_column=self.label_column, **overrides)
+
+
+def query_images(options: SourceOptions, count: int) -> list[bytes]:
+    """Query files: another split than the index's when the listing has splits, else the source's own files.
+    Listed by ingestion's own listing, so any manifest and column names `cbmir ingest` takes work here."""
+    from cbmir.ingestion import list_source
+
+    listing = list_source(replace(options, split=None).ingest_config(report_path=None, progress=False))
+    files = [item for item in listing.items if item.array_index is None]
+    others = [item for item in files if options.split is not None and item.split not in (None, "", options.split)]
+    return [Path(item.uri).read_bytes() for item in (others or files)[:count]]
 
 
 # -- gRPC query latency ------------------------------------------------------------------------------------
@@ -56,11 +68,17 @@ class QueryBenchConfig:
     collection: str = "bench_query"
     index_type: str = "HNSW"
     actors: int = 2
+    manifest: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+
+    def options(self) -> SourceOptions:
+        return SourceOptions(self.source, self.split, self.manifest, self.image_column, self.label_column)
 
 
 def run_query_bench(config: QueryBenchConfig) -> dict[str, Any]:
     """Ingest (skipped when already there), serve over real gRPC on 127.0.0.1, time each stage of each query."""
-    from cbmir.ingestion import IngestConfig, run_ingestion
+    from cbmir.ingestion import run_ingestion
     from cbmir.services.embedding import EmbeddingModel, ImageDecodeError, decode_image
     from cbmir.services.query.client import RetrievalClient
     from cbmir.services.query.engine import RetrievalEngine
@@ -68,11 +86,11 @@ def run_query_bench(config: QueryBenchConfig) -> dict[str, Any]:
     from cbmir.services.store import MilvusStore
 
     uri = config.milvus_uri or str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "bench.db")
-    report = run_ingestion(IngestConfig(source=config.source, split=config.split, milvus_uri=uri,
-                                        collection=config.collection, actors=config.actors,
-                                        index_type=config.index_type, report_path=None, progress=False))
+    report = run_ingestion(config.options().ingest_config(milvus_uri=uri, collection=config.collection,
+                                                          actors=config.actors, index_type=config.index_type,
+                                                          report_path=None, progress=False))
     images = []
-    for data in query_images(config.source, config.split, config.queries * 2):
+    for data in query_images(config.options(), config.queries * 2):
         try:
             decode_image(data)
             images.append(data)
@@ -156,6 +174,12 @@ class IngestBenchConfig:
     batch_sizes: tuple[int, ...] = (16, 32)
     limit: int | None = 400
     bare_images: int = 128
+    manifest: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
+
+    def options(self) -> SourceOptions:
+        return SourceOptions(self.source, self.split, self.manifest, self.image_column, self.label_column)
 
 
 def bare_model_rate(images: list[np.ndarray], batch_size: int) -> float:
@@ -171,11 +195,11 @@ def bare_model_rate(images: list[np.ndarray], batch_size: int) -> float:
 
 
 def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[str, Any]:
-    from cbmir.ingestion import IngestConfig, run_ingestion
+    from cbmir.ingestion import run_ingestion
     from cbmir.services.embedding import ImageDecodeError, decode_image
 
     decoded = []
-    for data in query_images(config.source, None, config.bare_images * 2):
+    for data in query_images(replace(config.options(), split=None), config.bare_images * 2):
         try:
             decoded.append(decode_image(data).pixels)
         except ImageDecodeError:
@@ -187,9 +211,9 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
         progress(f"bare model, batch {batch_size}: {bare:.1f} img/s")
         for actors in config.actors:
             uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
-            report = run_ingestion(IngestConfig(source=config.source, split=config.split, milvus_uri=uri,
-                                                collection="bench_ingest", actors=actors, batch_size=batch_size,
-                                                limit=config.limit, report_path=None, progress=False))
+            report = run_ingestion(config.options().ingest_config(
+                milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size, limit=config.limit,
+                report_path=None, progress=False))
             # pipeline_seconds runs from the first read to the last write: Ray start-up is out, the actors' model
             # loading is in. "steady" (after the first batch returns) over-counts when actors ran ahead.
             pipeline_rate = report.read / report.pipeline_seconds if report.pipeline_seconds else 0.0

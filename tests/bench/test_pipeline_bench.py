@@ -43,3 +43,15 @@ def test_ingest_bench_compares_the_pipeline_with_the_bare_model(ray_local, breas
     assert run["images"] == 24 and run["bare_model_img_s"] > 0
     assert run["ratio_pipeline_to_bare"] == pytest.approx(run["pipeline_img_s"] / run["bare_model_img_s"])
     assert "bare img/s" in ingest_table(record) and ingest_plot(record, tmp_path).exists()
+
+
+def test_ingest_bench_reads_a_manifest_with_other_column_names(ray_local, patient_archive_writer,
+                                                               tmp_path: Path) -> None:
+    # A MIAS-like manifest: image,patient_id,tissue (no `label` column), read with ingest's own flags.
+    archive = patient_archive_writer(tmp_path / "mias-like", lambda i, labels: ["fatty", "dense"][i % 2], count=12)
+    config = IngestBenchConfig(source=str(archive), split=None, actors=(1,), batch_sizes=(4,), limit=12,
+                               bare_images=8, label_column="tissue")
+    record = run_ingest_bench(config, progress=lambda _: None)
+    (run,) = record["runs"]
+    assert run["images"] == 12 and run["bare_model_img_s"] > 0
+    assert record["config"]["label_column"] == "tissue"
