@@ -25,12 +25,12 @@ def default_source() -> tuple[str, str | None]:
     return str(build_dicom_archive(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "dicom")), None
 
 
-@dataclass(frozen=True)
-class SourceOptions:
-    """Where a benchmark's images come from, read the way `cbmir ingest` reads them."""
+@dataclass
+class BenchSource:
+    """A benchmark's archive and how to read it (the flags of `cbmir ingest`)."""
 
     source: str
-    split: str | None = None  # the index split; queries come from the others
+    split: str | None
     manifest: str | None = None
     image_column: str = "image"
     label_column: str = "label"
@@ -42,7 +42,7 @@ class SourceOptions:
                             image_column=self.image_column, label_column=self.label_column, **overrides)
 
 
-def query_images(options: SourceOptions, count: int) -> list[bytes]:
+def query_images(options: BenchSource, count: int) -> list[bytes]:
     """Query files: another split than the index's when the listing has splits, else the source's own files.
     Listed by ingestion's own listing, so any manifest and column names `cbmir ingest` takes work here."""
     from cbmir.ingestion import list_source
@@ -57,9 +57,7 @@ def query_images(options: SourceOptions, count: int) -> list[bytes]:
 
 
 @dataclass
-class QueryBenchConfig:
-    source: str
-    split: str | None
+class QueryBenchConfig(BenchSource):
     queries: int = 100
     top_k: int = 10
     clients: tuple[int, ...] = (1, 4)
@@ -68,12 +66,6 @@ class QueryBenchConfig:
     collection: str = "bench_query"
     index_type: str = "HNSW"
     actors: int = 2
-    manifest: str | None = None
-    image_column: str = "image"
-    label_column: str = "label"
-
-    def options(self) -> SourceOptions:
-        return SourceOptions(self.source, self.split, self.manifest, self.image_column, self.label_column)
 
 
 def run_query_bench(config: QueryBenchConfig) -> dict[str, Any]:
@@ -86,11 +78,11 @@ def run_query_bench(config: QueryBenchConfig) -> dict[str, Any]:
     from cbmir.services.store import MilvusStore
 
     uri = config.milvus_uri or str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "bench.db")
-    report = run_ingestion(config.options().ingest_config(milvus_uri=uri, collection=config.collection,
+    report = run_ingestion(config.ingest_config(milvus_uri=uri, collection=config.collection,
                                                           actors=config.actors, index_type=config.index_type,
                                                           report_path=None, progress=False))
     images = []
-    for data in query_images(config.options(), config.queries * 2):
+    for data in query_images(config, config.queries * 2):
         try:
             decode_image(data)
             images.append(data)
@@ -167,19 +159,11 @@ def query_plot(record: dict[str, Any], out_dir: Path) -> Path:
 
 
 @dataclass
-class IngestBenchConfig:
-    source: str
-    split: str | None
+class IngestBenchConfig(BenchSource):
     actors: tuple[int, ...] = (1, 2)
     batch_sizes: tuple[int, ...] = (16, 32)
     limit: int | None = 400
     bare_images: int = 128
-    manifest: str | None = None
-    image_column: str = "image"
-    label_column: str = "label"
-
-    def options(self) -> SourceOptions:
-        return SourceOptions(self.source, self.split, self.manifest, self.image_column, self.label_column)
 
 
 def bare_model_rate(images: list[np.ndarray], batch_size: int) -> float:
@@ -199,7 +183,7 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
     from cbmir.services.embedding import ImageDecodeError, decode_image
 
     decoded = []
-    for data in query_images(replace(config.options(), split=None), config.bare_images * 2):
+    for data in query_images(replace(config, split=None), config.bare_images * 2):
         try:
             decoded.append(decode_image(data).pixels)
         except ImageDecodeError:
@@ -211,7 +195,7 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
         progress(f"bare model, batch {batch_size}: {bare:.1f} img/s")
         for actors in config.actors:
             uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
-            report = run_ingestion(config.options().ingest_config(
+            report = run_ingestion(config.ingest_config(
                 milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size, limit=config.limit,
                 report_path=None, progress=False))
             # pipeline_seconds runs from the first read to the last write: Ray start-up is out, the actors' model
