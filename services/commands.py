@@ -23,7 +23,8 @@ def _server_options(args: argparse.Namespace) -> Any:
     authenticator = Authenticator(load_tokens(args.auth_tokens_file))
     check_plaintext_allowed(args.host, tls, authenticator.enabled, args.insecure)
     return ServerOptions(tls=tls, authenticator=authenticator, insecure=args.insecure, audit_log=args.audit_log,
-                         max_concurrent_rpcs=args.max_concurrent_rpcs, store_check_seconds=args.store_check_seconds)
+                         max_concurrent_rpcs=args.max_concurrent_rpcs, store_check_seconds=args.store_check_seconds,
+                         health_port=args.health_port, health_host=args.health_host)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -48,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                            workers=args.workers, options=options)
     transport = "mutual TLS" if options.tls and options.tls.mutual else "TLS" if options.tls else "plain text"
     print(f"cbmir serving {args.collection} on {args.host}:{running.port} over {transport}"
-          f"{', token auth' if options.authenticator.enabled else ''} "
+          f"{', token auth' if options.authenticator.enabled else ''}"
+          f"{f', health also on {args.health_host}:{running.health_port}' if running.health_port else ''} "
           f"(model {model.identity.architecture} {model.identity.model_id}, warmed up in {warm_ms:.0f} ms); "
           "Ctrl-C stops", file=sys.stderr)
     serve_forever(running)
@@ -189,6 +191,12 @@ def add_service_commands(sub: Any) -> None:
     limits.add_argument("--store-timeout", type=float, default=5.0,
                         help="seconds a Milvus server call may take, retries included, before UNAVAILABLE "
                              "(default %(default)s)")
+    limits.add_argument("--health-port", type=int, default=None,
+                        help="also answer grpc.health.v1 on this port, plain text, from its own threads: probes pass "
+                             "under any load, and the kubelet's native gRPC probe reaches it when --tls-cert is on "
+                             "(default: off; health is always served on --port too)")
+    limits.add_argument("--health-host", default="127.0.0.1",
+                        help="address of the --health-port listener (a pod: its IP or 0.0.0.0; default %(default)s)")
     limits.add_argument("--store-check-seconds", type=float, default=3.0,
                         help="ping Milvus this often; health is NOT_SERVING while it fails, SERVING again when it "
                              "answers; 0 disables (default %(default)s)")

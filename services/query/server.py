@@ -39,6 +39,12 @@ class ServerOptions:
     audit_log: str | None = None  # JSON-lines file, one record per RPC
     max_concurrent_rpcs: int | None = None  # None: workers * (1 + DEFAULT_QUEUE_PER_WORKER)
     store_check_seconds: float = DEFAULT_CHECK_SECONDS  # 0: no watcher (health stays SERVING)
+    # A second, plain-text listener serving only grpc.health.v1 from its own threads: probes are answered under
+    # any load (the main port's --max-concurrent-rpcs and worker threads count every call, health included) and
+    # the kubelet's native gRPC probe, which has no TLS, can reach it when the service port speaks TLS only.
+    # None: off. It says SERVING / NOT_SERVING and nothing else, so it needs neither TLS nor a token.
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
 
 
 @dataclass
@@ -49,12 +55,16 @@ class RunningServer:
     watcher: StoreWatcher | None = None
     audit: AuditLog | None = None
     max_concurrent_rpcs: int = 0
+    health_server: grpc.Server | None = None
+    health_port: int = 0  # the health listener's port; 0 when there is none
 
     def stop(self, grace: float = 2.0) -> None:
         if self.watcher is not None:
             self.watcher.stop()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         if self.audit is not None:
             self.audit.close()
 
@@ -104,6 +114,8 @@ def start_server(
     if bound == 0:
         raise OSError(f"cannot listen on {address} (in use?)")
     server.start()
+    health_server, health_port = (_start_health_listener(health_servicer, options.health_host, options.health_port)
+                                  if options.health_port is not None else (None, 0))
     for name in watched:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if watcher is not None:
@@ -114,7 +126,23 @@ def start_server(
                                "model_id": engine.model.identity.model_id, "transport": security,
                                "token_auth": options.authenticator.enabled, "audit_log": options.audit_log or "",
                                "workers": workers, "max_concurrent_rpcs": max_concurrent})
-    return RunningServer(server, bound, health_servicer, watcher, audit, max_concurrent)
+    return RunningServer(server, bound, health_servicer, watcher, audit, max_concurrent, health_server, health_port)
+
+
+HEALTH_LISTENER_THREADS = 2
+
+
+def _start_health_listener(servicer: health.HealthServicer, host: str, port: int) -> tuple[grpc.Server, int]:
+    """grpc.health.v1 alone, plain text, on its own threads, sharing the main server's health state."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=HEALTH_LISTENER_THREADS,
+                                                    thread_name_prefix="cbmir-health"))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for health checks on {host}:{port} (in use?)")
+    server.start()
+    log.info("health listener", extra={"address": f"{host}:{bound}"})
+    return server, bound
 
 
 def serve_forever(running: RunningServer) -> None:

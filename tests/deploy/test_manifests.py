@@ -190,14 +190,14 @@ def test_deployment_service_and_annotations_agree_on_ports() -> None:
     (deployment,) = _kind("Deployment")
     container = _query_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT, "health": _parse(container["args"]).health_port}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == METRICS_PORT
     (service,) = [s for s in _kind("Service") if s["metadata"]["name"] == "cbmir-query"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert {p["port"] for p in service["spec"]["ports"]} == {GRPC_PORT, METRICS_PORT}
-    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports) - {"health"}  # probes only
     (hpa,) = _kind("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
@@ -225,9 +225,14 @@ def test_query_probes_are_grpc_health_checks_on_the_service_port() -> None:
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container[kind]
         if "grpc" in probe:
-            # The kubelet's native gRPC probe has no TLS: only valid when the port speaks plain text.
-            assert not args.tls_cert, f"{kind}: a native grpc probe cannot reach a TLS port"
-            assert probe["grpc"]["port"] == GRPC_PORT and probe["grpc"].get("service", "") == ""
+            # The kubelet's native gRPC probe has no TLS: only valid on a port that speaks plain text, the
+            # service port without TLS or the --health-port listener (plain text always, reachable on the pod IP).
+            port = probe["grpc"]["port"]
+            assert probe["grpc"].get("service", "") == "", kind
+            if port == GRPC_PORT:
+                assert not args.tls_cert, f"{kind}: a native grpc probe cannot reach a TLS port"
+            else:
+                assert port == args.health_port and args.health_host in ("0.0.0.0", "::"), kind
             continue
         flags = _check_probe_command(probe["exec"]["command"], kind)
         assert flags["--tls-ca"] == args.tls_cert, kind  # verifies against the served certificate

@@ -51,3 +51,37 @@ def test_overload_is_refused_with_resource_exhausted_not_queued_forever(corpus) 
             assert client.health() == "SERVING"
     finally:
         running.stop()
+
+
+def test_health_port_answers_while_the_service_port_is_saturated(corpus) -> None:
+    # A liveness probe on the service port counts against --max-concurrent-rpcs and waits for a worker thread:
+    # under load the kubelet would kill a healthy pod. The health listener has its own threads and no limit.
+    engine = SlowEngine(corpus.store, corpus.model, "reliability")
+    running = start_server(engine, host="127.0.0.1", port=0, workers=1,
+                           options=ServerOptions(max_concurrent_rpcs=2, store_check_seconds=0, health_port=0))
+    try:
+        assert running.health_port > 0
+        with RetrievalClient(f"127.0.0.1:{running.port}", timeout=30) as client, \
+                RetrievalClient(f"127.0.0.1:{running.health_port}", timeout=2) as probe:
+            request = retrieval_pb2.SearchRequest(id=corpus.ids[0], top_k=3)
+            calls = [client.stub.Search.future(request, timeout=30) for _ in range(6)]
+            time.sleep(0.1)  # the burst is in: one search running, one queued, the rest refused
+            with_burst = []
+            for _ in range(3):
+                with_burst.append(probe.health())
+                try:
+                    with_burst.append(client.health())
+                except grpc.RpcError as error:
+                    with_burst.append(error.code().name)
+            codes = []
+            for call in calls:
+                try:
+                    call.result()
+                    codes.append("OK")
+                except grpc.RpcError as error:
+                    codes.append(error.code().name)
+            assert "RESOURCE_EXHAUSTED" in codes  # the service port was saturated during the probes
+            assert with_burst[0::2] == ["SERVING"] * 3  # the health port answered every time
+            assert "RESOURCE_EXHAUSTED" in with_burst[1::2]  # while the service port refused health itself
+    finally:
+        running.stop()
