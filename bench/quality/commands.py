@@ -12,7 +12,7 @@ from typing import Any
 
 from cbmir.bench.quality.config import DEFAULT_DB, DEFAULT_OUT, HOG, PREFILTERS, EvalConfig
 from cbmir.bench.quality.crossfit import CrossFitError
-from cbmir.bench.quality.datasets import PRESETS, PROTOCOLS, SPLIT, DatasetSpec
+from cbmir.bench.quality.datasets import PRESETS, PROTOCOLS, SPLIT, UNLABELLED_VALUES, DatasetSpec
 from cbmir.bench.quality.report import DEFAULT_DOCS, write_report
 from cbmir.bench.quality.scoring import DEFAULT_KS
 from cbmir.bench.quality.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -30,6 +30,10 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                              f"manifest, or a MedMNIST .npz")
     parser.add_argument("--name", default="", help="dataset name for a path (default: its file/dir name)")
     parser.add_argument("--label-column", default=None, help="manifest label column (MIAS: tissue or severity)")
+    parser.add_argument("--unlabelled-values", default=",".join(UNLABELLED_VALUES[1:]), metavar="A,B,...",
+                        help="label values that mean 'no label' (case-insensitive; an empty cell always does): such "
+                             "images are indexed but never a query and never relevant; the record counts them "
+                             "(default %(default)s)")
     parser.add_argument("--protocol", default=None, choices=PROTOCOLS, help="default: the preset's, else split")
     parser.add_argument("--index-split", default=None, help="split to index (split protocol; default train)")
     parser.add_argument("--query-split", default=None, help="split to query with (default test)")
@@ -91,6 +95,7 @@ def dataset_spec(args: argparse.Namespace) -> DatasetSpec:
         index_split=args.index_split or (base.index_split if protocol == SPLIT else None),
         query_split=args.query_split or (base.query_split if protocol == SPLIT else None),
         group_column=args.group_column if args.group_column is not None else base.group_column,
+        unlabelled_values=("", *(v.strip() for v in args.unlabelled_values.split(",") if v.strip())),
     )
 
 

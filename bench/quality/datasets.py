@@ -21,6 +21,9 @@ SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SAMPLES = Path(__file__).resolve().parents[2] / "ingestion" / "samples"
 
 
+UNLABELLED_VALUES: tuple[str, ...] = ("", "?", "unknown", "NA")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """A labelled archive and how to score retrieval on it."""
@@ -32,6 +35,13 @@ class DatasetSpec:
     index_split: str | None = "train"  # SPLIT: what is ingested; LOPO: None = every image
     query_split: str | None = "test"
     group_column: str = ""  # manifest column naming the patient; LOPO excludes the query's whole group
+    # Label cells that say "no label" (compared case-insensitively; an empty cell always counts): such images
+    # are indexed and may come back as hits, but are never a query and never relevant.
+    unlabelled_values: tuple[str, ...] = UNLABELLED_VALUES
+
+    def is_unlabelled(self, label: str) -> bool:
+        marker = label.strip().casefold()
+        return not marker or marker in {v.strip().casefold() for v in self.unlabelled_values}
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

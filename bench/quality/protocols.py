@@ -8,8 +8,8 @@ and drops them. Patients come from the manifest, never from Milvus.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from cbmir.ingestion.sources import SourceItem
 
@@ -45,10 +45,14 @@ class Ranking:
 
 
 class IndexView:
-    """The index's entries with the counts a scorer needs: relevant items and excluded items per query."""
+    """The index's entries with the counts a scorer needs: relevant items and excluded items per query.
 
-    def __init__(self, entries: Iterable[Entry]) -> None:
-        self.entries = list(entries)
+    `is_unlabelled` names label values that are no class ("", "?", ...): their entries keep an empty label, so
+    they are ranked like any image but never relevant to a query and never counted as a class."""
+
+    def __init__(self, entries: Iterable[Entry],
+                 is_unlabelled: Callable[[str], bool] = lambda label: not label) -> None:
+        self.entries = [e if not is_unlabelled(e.label) else replace(e, label="") for e in entries]
         self.by_id = {e.id: e for e in self.entries}
         self.label_counts = Counter(e.label for e in self.entries)
         self.group_counts = Counter(e.group for e in self.entries)
@@ -80,11 +84,14 @@ def group_of(source: str, groups: dict[str, str], namespace: str) -> str:
     return f"patient:{patient}" if patient else f"{namespace}:{source}"
 
 
-def split_queries(items: Sequence[SourceItem], groups: dict[str, str]) -> list[Query]:
+def split_queries(items: Sequence[SourceItem], groups: dict[str, str],
+                  is_unlabelled: Callable[[str], bool] = lambda label: not label) -> list[Query]:
+    """The query split's images, but for the unlabelled ones: an image of no class has nothing to retrieve."""
     return [Query(key=item.name, label=item.label, group=group_of(item.name, groups, "query"), item=item)
-            for item in items]
+            for item in items if not is_unlabelled(item.label)]
 
 
 def leave_one_patient_out_queries(index: IndexView, items_by_source: dict[str, SourceItem]) -> list[Query]:
+    """Every labelled index image (IndexView has already emptied the labels of unlabelled ones)."""
     return [Query(key=e.source, label=e.label, group=e.group, item=items_by_source.get(e.source), stored_id=e.id)
-            for e in sorted(index.entries, key=lambda e: e.source)]
+            for e in sorted(index.entries, key=lambda e: e.source) if e.label]

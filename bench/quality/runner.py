@@ -109,6 +109,7 @@ def run_eval(spec: DatasetSpec, config: EvalConfig, out_root: Path = DEFAULT_OUT
         "config": config.to_dict(),
         "index_size": len(index),
         "queries": len(queries),
+        "unlabelled": _unlabelled_counts(spec, index),
         "class_counts": {"index": dict(sorted(Counter(labels).items())),
                          "queries": dict(sorted(Counter(q.label for q in queries).items()))},
         "search": {"depths": list(depths), "mode": extra.get("mode", "numpy brute force"),
@@ -136,6 +137,14 @@ def run_eval(spec: DatasetSpec, config: EvalConfig, out_root: Path = DEFAULT_OUT
 
 
 # -- through the engine ---------------------------------------------------------------------------------------
+
+
+def _unlabelled_counts(spec: DatasetSpec, index: IndexView) -> dict[str, object]:
+    """How many images carry no class (indexed, never a query, never relevant), and which values say so."""
+    in_index = sum(1 for e in index.entries if not e.label)
+    skipped = (in_index if spec.protocol == LEAVE_ONE_PATIENT_OUT
+               else sum(1 for item in spec.listing(spec.query_split).items if spec.is_unlabelled(item.label)))
+    return {"values": list(spec.unlabelled_values), "index_images": in_index, "queries_skipped": skipped}
 
 
 def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, str], ks: Sequence[int],
@@ -194,7 +203,7 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
         rows.update(store.get_rows(collection, ids[start:start + ROW_CHUNK], with_vectors=True))
     entries = [Entry(id=i, source=rows[i]["source"], label=rows[i]["label"],
                      group=group_of(rows[i]["source"], groups, "index")) for i in ids]
-    index = IndexView(entries)
+    index = IndexView(entries, spec.is_unlabelled)
     index_vectors = np.asarray([rows[i]["embedding"] for i in ids], dtype=np.float32)
 
     max_top_k = min(MILVUS_MAX_TOP_K, max(DEFAULT_MAX_TOP_K, len(index) + index.max_excluded()))
@@ -209,7 +218,7 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
         items = {item.name: item for item in spec.listing(split).items}
         queries = leave_one_patient_out_queries(index, items)
     else:
-        queries = split_queries(spec.listing(spec.query_split).items, groups)
+        queries = split_queries(spec.listing(spec.query_split).items, groups, spec.is_unlabelled)
     if query_filter is not None:
         queries = [q for q in queries if query_filter(q)]
     mode = query_mode(config, stored_queries=lopo)
@@ -465,7 +474,7 @@ def _hog_rankings(spec: DatasetSpec, groups: dict[str, str], ks: Sequence[int], 
     index_items: list[SourceItem] = spec.listing(spec.index_split).items
     entries = [Entry(id=i.name, source=i.name, label=i.label, group=group_of(i.name, groups, "index"))
                for i in index_items]
-    index = IndexView(entries)
+    index = IndexView(entries, spec.is_unlabelled)
     index_descriptors = hog_matrix(index_items, cache_dir, f"index-{spec.index_split or 'all'}", progress)
     if lopo:
         queries = leave_one_patient_out_queries(index, {i.name: i for i in index_items})
@@ -473,7 +482,7 @@ def _hog_rankings(spec: DatasetSpec, groups: dict[str, str], ks: Sequence[int], 
         query_descriptors = index_descriptors[[position[q.key] for q in queries]]
     else:
         query_items = spec.listing(spec.query_split).items
-        queries = split_queries(query_items, groups)
+        queries = split_queries(query_items, groups, spec.is_unlabelled)
         query_descriptors = hog_matrix(query_items, cache_dir, f"query-{spec.query_split}", progress)
     depths = sorted({min(d, len(index)) for d in (10, max(ks), len(index))})
     rankings = rank_with_hog(index, index_descriptors, queries, query_descriptors, depths)

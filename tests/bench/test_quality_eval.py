@@ -61,3 +61,21 @@ def test_leave_one_patient_out_eval_never_returns_the_querys_patient(ray_local: 
             assert all(patient[s] != patient[query] for s in sources)
         assert record["figures"]["R@10"]["mean"] > 0
     assert record["search"]["mode"] == "id" and record["method"] == "S4 CNN+HOG"
+
+
+def test_unlabelled_images_are_indexed_but_never_queries_nor_relevant(ray_local: None, tmp_path: Path,
+                                                                        patient_archive_writer) -> None:
+    # A public manifest with empty cells and "?" in its label column: those were scored as two more classes.
+    def label(i: int, labels) -> str:  # noqa: ANN001 - the writer's numpy labels
+        return {0: "?", 1: "", 2: "Unknown"}.get(i % 6, f"class{int(labels[i])}")
+
+    archive = patient_archive_writer(tmp_path / "archive", label)
+    spec = DatasetSpec("unlabelled", str(archive), "tissue", LEAVE_ONE_PATIENT_OUT, None, None, "patient_id")
+    record = run_eval(spec, EvalConfig(metric="COSINE", index="FLAT"), out_root=tmp_path / "out",
+                      milvus_uri=str(tmp_path / "q.db"), ks=[1, 5, 10], resamples=100, actors=1, progress=False,
+                      tsne=False)
+    assert record["index_size"] == 24  # every image is indexed
+    assert record["queries"] == 12 and record["unlabelled"]["queries_skipped"] == 12
+    assert record["unlabelled"]["index_images"] == 12
+    assert set(record["class_counts"]["queries"]) <= {"class0", "class1"}
+    assert set(record["per_class"]) <= {"class0", "class1"}
