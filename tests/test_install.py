@@ -3,8 +3,9 @@ sys.path (Ray workers included): `cbmir --help`, `cbmir ingest` of the shipped s
 `cbmir serve`.
 
 The fresh venv gets the wheel alone (`--no-deps`); its dependencies come from this checkout's .venv through a
-.pth line, which adds that folder to sys.path without running its .pth files, so the editable install there
-(the hook that maps this checkout into `cbmir`) stays off.
+folder of links to its packages, added by a .pth line: without the editable install's hook (the one that maps
+this checkout into `cbmir`) and without the GPL libjpeg plugin, which only the dev and gpl-jpeg extras install,
+so the venv decodes what a default install decodes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# What the dev .venv holds beyond a default install: the editable hook of this checkout, the GPL libjpeg plugin.
+OUTSIDE_DEFAULT_INSTALL = ("__editable__", "cbmir", "libjpeg", "pylibjpeg_libjpeg")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -48,7 +51,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     python = venv / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    (site / "cbmir-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = root / "deps"
+    deps.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(OUTSIDE_DEFAULT_INSTALL) and entry.suffix != ".pth":
+            (deps / entry.name).symlink_to(entry)
+    (site / "cbmir-test-deps.pth").write_text(f"{deps}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PYTHONSAFEPATH="1")
     # pip of this .venv, told to install into the fresh venv's interpreter paths.
@@ -107,3 +115,27 @@ def test_installed_wheel_ingests_serves_and_searches(installed: tuple[Path, dict
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_default_install_decodes_compressed_dicom_without_gpl_code(installed: tuple[Path, dict[str, str]],
+                                                                   tmp_path: Path) -> None:
+    # JPEG lossless and JPEG-LS through gdcm / pyjpegls; 12-bit JPEG Extended needs the opt-in GPL plugin and says so.
+    venv, env = installed
+    code = """
+import importlib.util
+from pathlib import Path
+from pydicom.data import get_testdata_file
+from cbmir.services.embedding import ImageDecodeError, decode_image
+assert importlib.util.find_spec("libjpeg") is None
+for name in ("JPGLosslessP14SV1_1s_1f_8b.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_dcmtk.dcm",
+             "MR_small_jp2klossless.dcm"):
+    assert decode_image(Path(get_testdata_file(name)).read_bytes()).pixels.size > 0, name
+try:
+    decode_image(Path(get_testdata_file("JPGExtended.dcm")).read_bytes())
+except ImageDecodeError as error:
+    assert "cbmir[gpl-jpeg]" in str(error), error
+    print("refused with the hint")
+"""
+    result = _run([str(venv / "bin" / "python"), "-c", code], tmp_path, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refused with the hint" in result.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import importlib.util
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ pixels by default); we do not change that global, so the effective Pillow limit 
 """
 
 _DICOM_MAGIC_OFFSET = 128
+# Transfer syntaxes only the GPLv3 libjpeg plugin decodes here (gdcm, pyjpegls, openjpeg and Pillow cover the rest):
+# JPEG Extended, 12-bit. It is the opt-in extra cbmir[gpl-jpeg], so a default install stays Apache-compatible.
+GPL_ONLY_SYNTAXES = ("1.2.840.10008.1.2.4.51",)
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 METADATA_KEYS: tuple[str, ...] = ("modality", "body_part", "view", "format", "photometric", "bits")
 
@@ -284,11 +288,15 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool) -> DecodedImage:
     except ImageDecodeError:
         raise
     except Exception as exc:
-        syntax = ""
+        syntax, hint = "", ""
         with contextlib.suppress(Exception):
-            syntax = f" ({ds.file_meta.TransferSyntaxUID.name})"
+            uid = ds.file_meta.TransferSyntaxUID
+            syntax = f" ({uid.name})"
+            if uid in GPL_ONLY_SYNTAXES and importlib.util.find_spec("libjpeg") is None:
+                hint = (" (12-bit JPEG Extended needs the GPLv3 libjpeg plugin: pip install 'cbmir[gpl-jpeg]'; "
+                        "docs/licences.md)")
         raise ImageDecodeError(
-            f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}") from exc
+            f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}{hint}") from exc
 
     sop_uid = _dicom_str(ds, "SOPInstanceUID")
     content_key = f"dicom:{sop_uid}" if sop_uid else pixel_content_key(raw)
