@@ -21,7 +21,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         dataset=args.dataset, manifest=args.manifest, image_column=args.image_column,
         label_column=args.label_column, split=args.split, limit=args.limit, report_path=args.report,
         progress=not args.no_progress, rerank_descriptor=args.rerank_descriptor, id_salt=args.id_salt,
-        flush_rows=args.flush_rows, tta=args.tta,
+        flush_rows=args.flush_rows, tta=args.tta, source_field=args.source_field,
+        folder_labels=args.folder_labels,
     )
     report = run_ingestion(config)
     print(report.summary())
@@ -61,6 +62,14 @@ def add_ingest_command(sub: Any) -> None:
                         help="secret that keys the image ids (HMAC-SHA256 of the DICOM SOPInstanceUID / pixels); "
                              "prefer env CBMIR_ID_SALT. The collection records a digest of it, and later runs must "
                              "pass the same salt (default: env CBMIR_ID_SALT, else unsalted sha256 ids)")
+    ingest.add_argument("--source-field", default="auto", choices=["auto", "relative", "hashed", "none"],
+                        help="what the stored `source` says: the path relative to SOURCE, a keyed hash of it "
+                             "(salted by --id-salt), or nothing. Hospital paths often name patients. auto (default): "
+                             "hashed for DICOM, relative for other files")
+    ingest.add_argument("--folder-labels", default="auto", choices=["auto", "on", "off"],
+                        help="class folders (SOURCE/<class>/<image>) as labels. auto (default): on, unless the tree "
+                             "holds DICOM, whose folders are patients and studies, not classes: label DICOM with a "
+                             "manifest (--manifest) or pass on")
     ingest.add_argument("--flush-rows", type=int, default=512,
                         help="rows per upsert; what a crash can lose and the rerun redoes (default %(default)s)")
     add_logging_flags(ingest)

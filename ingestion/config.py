@@ -42,6 +42,11 @@ class IngestConfig:
     id_salt: str = ""  # keys the image ids (HMAC); the collection records a digest of it, never the salt
     flush_rows: int = 512  # rows per upsert: what a crash can lose (and the rerun redoes)
     listing_chunk: int = LISTING_CHUNK_ITEMS  # most listed items per chunk held by the driver / per Ray block
+    # What the store's `source` says: auto = a keyed hash of the relative path for DICOM (patient/study trees
+    # name patients), the relative path for other files; or relative / hashed / none for every file.
+    source_field: str = "auto"
+    # Class folders as labels: auto = yes unless the tree holds DICOM (folders there are patients, not classes).
+    folder_labels: str = "auto"
     tta: bool = False  # test-time augmentation: average each vector over the image and its mirror (2x embed cost)
 
     def __post_init__(self) -> None:
@@ -59,6 +64,10 @@ class IngestConfig:
             raise ValueError(f"flush_rows must be >= 1, got {self.flush_rows}")
         if self.listing_chunk < 1:
             raise ValueError(f"listing_chunk must be >= 1, got {self.listing_chunk}")
+        if self.source_field not in ("auto", "relative", "hashed", "none"):
+            raise ValueError(f"source_field must be auto, relative, hashed or none, got {self.source_field!r}")
+        if self.folder_labels not in ("auto", "on", "off"):
+            raise ValueError(f"folder_labels must be auto, on or off, got {self.folder_labels!r}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 

@@ -82,7 +82,8 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
             block_rows = listing_block_rows(scan.count, config.batch_size, config.listing_chunk)
             blocks = (items_table(chunk, scan.dataset) for chunk in scan.iter_chunks(block_rows))
             sink = MilvusSink(store, config.collection, model.dim, flush_rows=config.flush_rows,
-                              descriptor=config.rerank_descriptor)
+                              descriptor=config.rerank_descriptor, source_field=config.source_field,
+                              id_salt=config.id_salt)
             tally = Tally(report, model.model_id)
             pipeline_started = time.perf_counter()
             with tqdm(total=scan.count, unit="img", file=sys.stderr, disable=not config.progress,

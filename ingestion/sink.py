@@ -8,6 +8,7 @@ import time
 import pyarrow as pa
 
 from cbmir.ingestion.batches import DESCRIPTOR, ID, NAME, SOURCE, record_batch_schema
+from cbmir.ingestion.source_field import stored_sources
 from cbmir.services.store import MilvusStore
 
 log = logging.getLogger(__name__)
@@ -19,8 +20,11 @@ class MilvusSink:
     """Buffers rows and upserts them; what was upserted stays, so a rerun after a crash continues from there."""
 
     def __init__(self, store: MilvusStore, collection: str, dim: int,
-                 flush_rows: int = DEFAULT_FLUSH_ROWS, descriptor: str = "") -> None:
+                 flush_rows: int = DEFAULT_FLUSH_ROWS, descriptor: str = "", source_field: str = "auto",
+                 id_salt: str = "") -> None:
         self.store = store
+        self.source_field = source_field
+        self._id_salt = id_salt
         self.collection = collection
         self.descriptor = descriptor
         self._pending_descriptors: list[pa.Table] = []
@@ -32,12 +36,16 @@ class MilvusSink:
         self.seconds = 0.0
 
     def to_record_batch(self, rows: pa.Table) -> pa.RecordBatch:
-        """Embedded rows (reader + embedder columns) → the store's columns; `source` is the item's name."""
+        """Embedded rows (reader + embedder columns) → the store's columns; `source` is derived from the item's
+        name (its path relative to the ingest root) as `source_field` says."""
         columns: list[pa.Array] = []
         for field in self.schema:
-            column = rows.column(NAME) if field.name == SOURCE else rows.column(field.name)
-            columns.append(column.combine_chunks().cast(field.type) if isinstance(column, pa.ChunkedArray)
-                           else column.cast(field.type))
+            column = rows.column(NAME if field.name == SOURCE else field.name)
+            if isinstance(column, pa.ChunkedArray):
+                column = column.combine_chunks()
+            if field.name == SOURCE:
+                column = stored_sources(column, self.source_field, self._id_salt)
+            columns.append(column.cast(field.type))
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
     def write(self, rows: pa.Table) -> None:

@@ -119,7 +119,12 @@ def scan_source(config: IngestConfig) -> SourceScan:
                                   f"{path} has no {DEFAULT_MANIFEST} (pass --manifest)")
             kind = "directory"
             # The class folder depends on the whole tree, so the first pass walks all of it (counting, no paths).
-            count, class_depth = scan_directory(path)
+            count, class_depth, dicom = scan_directory(path)
+            if class_depth is not None and dicom and config.folder_labels == "auto":
+                log.info("%s holds DICOM: its folders are taken for patients or studies, not classes, so rows "
+                         "carry no label (label them with --manifest, or pass --folder-labels on)", path)
+            if config.folder_labels == "off" or (dicom and config.folder_labels == "auto"):
+                class_depth = None
             items = functools.partial(iter_directory, path, class_depth)
     else:
         raise SourceError(f"cannot ingest {config.source}: not a directory, a .csv manifest or an .npz file")
@@ -180,8 +185,9 @@ def _walk_images(root: Path) -> Iterator[tuple[Path, tuple[str, ...], list[str]]
             yield folder, folder.relative_to(root).parts, images
 
 
-def scan_directory(root: Path) -> tuple[int, int | None]:
-    """The number of images under `root` and the index of the class folder in their paths (None: no labels).
+def scan_directory(root: Path) -> tuple[int, int | None, bool]:
+    """The number of images under `root`, the index of the class folder in their paths (None: no labels), and
+    whether any of them is DICOM.
 
     Folder-per-class means: after the leading folders every file shares (e.g. `images/`), each file sits
     directly in one more folder, its class. Deeper trees (patient/study/series/file.dcm) carry no label.
@@ -190,8 +196,11 @@ def scan_directory(root: Path) -> tuple[int, int | None]:
     count = 0
     common: tuple[str, ...] | None = None
     depth: int | None = None  # depth of every folder holding images; -1 once two differ
+    dicom = False
     for _, parts, images in _walk_images(root):
         count += len(images)
+        # Extensionless files are listed only with the DICOM preamble.
+        dicom = dicom or any(Path(name).suffix.lower() in ("", ".dcm") for name in images)
         if common is None:
             common, depth = parts, len(parts)
             continue
@@ -202,9 +211,9 @@ def scan_directory(root: Path) -> tuple[int, int | None]:
         if depth != len(parts):
             depth = -1
     if common is None or depth is None or depth < 1:
-        return count, None
+        return count, None, dicom
     # Every image is at <common>/<class>/<file>: one folder below the shared ones.
-    return count, (len(common) if len(common) == depth - 1 else None)
+    return count, (len(common) if len(common) == depth - 1 else None), dicom
 
 
 def iter_directory(root: Path, class_depth: int | None = None) -> Iterator[SourceItem]:

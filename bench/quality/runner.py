@@ -176,7 +176,9 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
     ingest = {"source": spec.source, "milvus_uri": milvus_uri, "collection": collection, "backbone": config.backbone,
               "weights": config.weights, "split": split, "label_column": spec.label_column, "actors": actors,
               "batch_size": batch_size, "index_type": config.index, "metric": config.metric, "report_path": None,
-              "progress": progress, "tta": config.tta}
+              "progress": progress, "tta": config.tta,
+              # The evaluation matches stored rows to listed items by their relative path (a scratch collection).
+              "source_field": "relative"}
     descriptors = "rerank_descriptor" in {f.name for f in fields(IngestConfig)}
     if descriptors:
         ingest["rerank_descriptor"] = "hog"  # always: the same collection then serves re-ranked configurations

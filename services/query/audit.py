@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -53,7 +54,8 @@ def describe_search(request: Any) -> dict[str, Any]:
     """What a SearchRequest asked, without its pixels: the audit record's request part."""
     kind = request.WhichOneof("query") or "none"
     described: dict[str, Any] = {
-        "kind": kind, "collection": request.collection, "k": int(request.top_k), "filters": dict(request.filters),
+        "kind": kind, "collection": request.collection, "k": int(request.top_k),
+        "filters": {key[:64]: filter_value_digest(value) for key, value in request.filters.items()},
         "prefilter": _prefilter_name(request.prefilter), "prefilter_class": request.prefilter_class,
         "rerank": request.rerank,
     }
@@ -64,6 +66,12 @@ def describe_search(request: Any) -> dict[str, Any]:
     elif kind == "id":
         described["query_id"] = request.id[:64]
     return described
+
+
+def filter_value_digest(value: str) -> str:
+    """A filter value as the audit log records it: hashed, since a client may filter by anything (a patient's name
+    typed into a free-text field). An auditor who suspects a value hashes it and compares."""
+    return "sha256:" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
 
 
 def _prefilter_name(value: int) -> str:

@@ -100,6 +100,9 @@ def test_no_phi_value_of_the_ingested_dicom_files_is_stored_anywhere(ingested, d
              for keyword, values in phi.items() for value in values
              for collection, lines in texts.items() if any(value in line for line in lines)]
     assert leaks == []
+    # Paths too: hospital exports name folders and files after patients; DICOM sources are stored hashed.
+    names = {path.name for path in dicom_archive.glob("*.dcm")}
+    assert [n for n in names for lines in texts.values() if any(n in line for line in lines)] == []
     record_figures("no_phi", {"dicom_files": len(list(dicom_archive.glob('*.dcm'))), "ingested": report.ingested,
                               "rows_scanned": rows, "phi_values_checked": sum(len(v) for v in phi.values()),
                               "phi_keywords": len(phi), "leaks": 0})
