@@ -18,13 +18,30 @@ def dicom_sample_files() -> list[Path]:
     return sorted(p for root in roots if root.is_dir() for p in root.rglob("*.dcm"))
 
 
+def sample_label(path: Path) -> str:
+    """A label a person recognises: the Modality (CT, MR…), else the SOP class's name ("Secondary Capture Image
+    Storage"), else what is wrong with the header."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # unreadable headers still go in: the ingestion report must name them
+        return "unreadable header"
+    modality = str(ds.get("Modality", "") or "").strip()
+    if modality:
+        return modality
+    sop_class = ds.get("SOPClassUID")
+    if sop_class:
+        name = getattr(sop_class, "name", "") or str(sop_class)
+        return str(name)
+    return "no Modality element"
+
+
 def build_dicom_archive(dest: Path, limit: int | None = None) -> Path:
     """Copy the shipped DICOM files into `dest` as a flat archive with a labels.csv (label = modality).
 
     Files that do not decode (no pixel data, truncated) are kept on purpose: ingestion must report and skip them.
     """
-    import pydicom
-
     dest.mkdir(parents=True, exist_ok=True)
     rows = []
     for index, path in enumerate(dicom_sample_files()):
@@ -32,11 +49,7 @@ def build_dicom_archive(dest: Path, limit: int | None = None) -> Path:
             break
         name = f"{index:03d}_{path.name}"
         shutil.copyfile(path, dest / name)
-        try:
-            modality = str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("Modality", "") or "")
-        except Exception:  # unreadable headers still go in: the ingestion report must name them
-            modality = ""
-        rows.append({"image": name, "label": modality or "unknown"})
+        rows.append({"image": name, "label": sample_label(path)})
     with open(dest / "labels.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "label"])
         writer.writeheader()

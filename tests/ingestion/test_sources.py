@@ -128,3 +128,12 @@ def test_directory_without_images_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("nothing to see")
     with pytest.raises(SourceError, match="no images found"):
         list_source(IngestConfig(source=str(tmp_path)))
+
+
+def test_demo_dicom_samples_are_labelled_by_what_a_person_recognises(dicom_archive: Path) -> None:
+    with open(dicom_archive / "labels.csv", newline="") as handle:
+        labels = {row["label"] for row in csv.DictReader(handle)}
+    assert "unknown" not in labels and "" not in labels
+    assert {"CT", "MR", "US"} <= labels
+    # Samples without a Modality element are named by their SOP class, e.g. "Secondary Capture Image Storage".
+    assert any(label.endswith("Storage") for label in labels)
