@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = load_model_for(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
                              max_image_bytes=args.max_image_mb * 1024 * 1024,
-                             min_confidence=args.prefilter_min_confidence)
+                             min_confidence=args.prefilter_min_confidence, return_source=args.return_source)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
     warm_ms = engine.warm_up()
     if args.id_salt:
@@ -154,6 +154,9 @@ def add_service_commands(sub: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 for all; default %(default)s)")
     serve.add_argument("--port", type=int, default=50051, help="gRPC port (default %(default)s)")
     serve.add_argument("--workers", type=int, default=8, help="RPC worker threads (default %(default)s)")
+    serve.add_argument("--return-source", action="store_true",
+                       help="send each hit's stored `source` (its path relative to the ingested archive, or a hash "
+                            "of it for DICOM) to clients; off by default, since paths can name patients")
     serve.add_argument("--max-top-k", type=int, default=1000, help="largest k a request may ask (default %(default)s)")
     serve.add_argument("--max-message-mb", type=int, default=256,
                        help="largest gRPC message in MiB; a full-field mammogram DICOM is ~50-100 MB "

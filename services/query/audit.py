@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -18,6 +19,8 @@ AUDIT_FIELDS: tuple[str, ...] = (
     "ts", "caller", "auth", "peer", "method", "kind", "collection", "k", "filters", "prefilter", "prefilter_class",
     "rerank", "query_id", "image_bytes", "vector_dim", "result_ids", "status", "latency_ms",
 )
+
+MAX_AUDITED_FILTERS = 16
 
 
 class AuditLog:
@@ -54,10 +57,12 @@ def describe_search(request: Any) -> dict[str, Any]:
     """What a SearchRequest asked, without its pixels: the audit record's request part."""
     kind = request.WhichOneof("query") or "none"
     described: dict[str, Any] = {
-        "kind": kind, "collection": request.collection, "k": int(request.top_k),
-        "filters": {key[:64]: filter_value_digest(value) for key, value in request.filters.items()},
-        "prefilter": _prefilter_name(request.prefilter), "prefilter_class": request.prefilter_class,
-        "rerank": request.rerank,
+        "kind": kind, "collection": request.collection[:64], "k": int(request.top_k),
+        # Bounded: a request may carry any number of keys (it is refused, but still audited).
+        "filters": {key[:64]: filter_value_digest(value)
+                    for key, value in itertools.islice(request.filters.items(), MAX_AUDITED_FILTERS)},
+        "prefilter": _prefilter_name(request.prefilter), "prefilter_class": request.prefilter_class[:64],
+        "rerank": request.rerank[:64],
     }
     if kind == "image":
         described["image_bytes"] = len(request.image)

@@ -15,6 +15,7 @@ import numpy as np
 
 from cbmir.services.embedding import EmbeddingModel, ImageDecodeError, decode_image
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
+from cbmir.services.quoting import shown
 from cbmir.services.store import (
     CollectionInfo,
     CollectionNotFoundError,
@@ -25,7 +26,7 @@ from cbmir.services.store import (
     StoreUnavailableError,
 )
 from cbmir.services.store.filters import build_filter_expression
-from cbmir.services.store.schema import EMBEDDING, LABEL, PREDICTED_LABEL
+from cbmir.services.store.schema import EMBEDDING, LABEL, PREDICTED_LABEL, SOURCE
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,6 +98,7 @@ class RetrievalEngine:
         max_top_k: int = DEFAULT_MAX_TOP_K,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+        return_source: bool = False,
     ) -> None:
         self.store = store
         self.model = model
@@ -104,6 +106,8 @@ class RetrievalEngine:
         self.max_top_k = max_top_k
         self.max_image_bytes = max_image_bytes
         self.min_confidence = min_confidence
+        # A hit's `source` (where the image came from) is the operator's to reveal: paths can name patients.
+        self.return_source = return_source
         self.classes: list[str] | None = getattr(model, "classes", None)
         self._model_json = model.identity.to_json()
         self._checked: dict[str, int] = {}  # collection → dim, for collections of this model
@@ -130,12 +134,12 @@ class RetrievalEngine:
         try:
             self.store.check_model(name, self._model_json)
             dim = self.store.describe(name).dim
-        except CollectionNotFoundError as error:
-            raise QueryRejected(Rejection.NOT_FOUND, str(error)) from None
+        except CollectionNotFoundError:
+            raise QueryRejected(Rejection.NOT_FOUND, f"collection {shown(name)} not found") from None
         except ModelMismatchError as error:
             raise QueryRejected(Rejection.PRECONDITION, str(error)) from None
         except StoreUnavailableError as error:
-            raise QueryRejected(Rejection.UNAVAILABLE, str(error)) from None
+            raise _unavailable(error) from None
         with self._lock:
             self._checked[name] = dim
         return dim
@@ -176,7 +180,7 @@ class RetrievalEngine:
         self.collection_dim(collection)
         if query.rerank:
             if query.rerank not in RERANK_DESCRIPTORS:
-                raise QueryRejected(Rejection.INVALID, f"unknown rerank {query.rerank!r}: choose one of "
+                raise QueryRejected(Rejection.INVALID, f"unknown rerank {shown(query.rerank)}: choose one of "
                                                        f"{', '.join(RERANK_DESCRIPTORS)} (or empty for none)")
             if query.vector is not None:
                 raise QueryRejected(Rejection.INVALID, "rerank needs an image or a stored id, not a vector")
@@ -186,7 +190,7 @@ class RetrievalEngine:
                                     f"k_prep must be between top_k ({query.top_k}) and {self.max_top_k}, got {k_prep}")
             if not self._call_store(self.store.has_descriptors, collection, query.rerank):
                 raise QueryRejected(Rejection.PRECONDITION,
-                                    f"collection {collection!r} has no {query.rerank} descriptors: ingest it with "
+                                    f"collection {shown(collection)} has no {query.rerank} descriptors: ingest it with "
                                     f"--rerank-descriptor {query.rerank} to re-rank")
         return collection
 
@@ -200,7 +204,7 @@ class RetrievalEngine:
         try:
             return fn(*args, **kwargs)
         except StoreUnavailableError as error:
-            raise QueryRejected(Rejection.UNAVAILABLE, str(error)) from None
+            raise _unavailable(error) from None
         except InvalidFilterError as error:
             raise QueryRejected(Rejection.INVALID, str(error)) from None
 
@@ -236,10 +240,17 @@ class RetrievalEngine:
             vector = np.asarray(query.vector, dtype=np.float32).reshape(-1)
             if vector.shape[0] != dim:
                 raise QueryRejected(
-                    Rejection.INVALID, f"vector has dim {vector.shape[0]}, collection {collection!r} has dim {dim}"
+                    Rejection.INVALID, f"vector has dim {vector.shape[0]}, collection {shown(collection)} has dim {dim}"
                 )
             if not np.all(np.isfinite(vector)):
                 raise QueryRejected(Rejection.INVALID, "vector contains NaN or infinite values")
+            # Cosine and IP divide by, or scale with, the norm: zero gives every score 0, an overflowing one NaN.
+            norm = float(np.linalg.norm(vector.astype(np.float64)))
+            if not norm > 0.0:
+                raise QueryRejected(Rejection.INVALID, "vector is all zeros: it has no direction to search by")
+            if not norm ** 2 < float(np.finfo(np.float32).max):  # the store sums squares in float32
+                raise QueryRejected(Rejection.INVALID, f"vector norm overflows float32 (values up to "
+                                                       f"{float(np.abs(vector).max()):.3g}): scale it down")
         else:
             stored = self._stored_row(collection, str(query.id))
             vector = np.asarray(stored[EMBEDDING], dtype=np.float32)
@@ -259,6 +270,9 @@ class RetrievalEngine:
             result.reranked = True
             timings["rerank"] = _ms(t)
         result.hits = hits[: query.top_k]
+        if not self.return_source:
+            result.hits = [Hit(h.id, h.distance, h.score, {k: v for k, v in h.fields.items() if k != SOURCE})
+                           for h in result.hits]
         timings["total"] = _ms(started)
         return result
 
@@ -289,11 +303,11 @@ class RetrievalEngine:
         else:
             return
         if LABEL in filters and filters[LABEL] != chosen:
-            raise QueryRejected(Rejection.INVALID, f"filter label={filters[LABEL]!r} contradicts the prefilter "
-                                                   f"class {chosen!r}")
+            raise QueryRejected(Rejection.INVALID, f"filter label={shown(filters[LABEL])} contradicts the prefilter "
+                                                   f"class {shown(chosen)}")
         filters[LABEL] = chosen
         result.prefilter_applied = True
-        result.prefilter_note = f"searched only label {chosen!r} ({note})"
+        result.prefilter_note = f"searched only label {shown(chosen)} ({note})"
 
     def _rerank(self, collection: str, query: SearchQuery, hits: list[Hit], pixels: np.ndarray | None) -> list[Hit]:
         """Re-order CNN candidates by descriptor L1 distance (seed 003); candidates without one go last."""
@@ -303,7 +317,7 @@ class RetrievalEngine:
         else:
             own = self._call_store(self.store.get_descriptors, collection, query.rerank, [str(query.id)])
             if str(query.id) not in own:
-                raise QueryRejected(Rejection.PRECONDITION, f"image {query.id!r} has no {query.rerank} descriptor")
+                raise QueryRejected(Rejection.PRECONDITION, f"image {shown(query.id)} has no {query.rerank} descriptor")
             query_descriptor = own[str(query.id)]
         found = self._call_store(self.store.get_descriptors, collection, query.rerank, ids)
         have = [h for h in hits if h.id in found]
@@ -318,21 +332,29 @@ class RetrievalEngine:
         try:
             rows = self.store.get_rows(collection, [image_id])
         except InvalidFilterError:
-            raise QueryRejected(Rejection.INVALID, f"malformed id {image_id!r}") from None
+            raise QueryRejected(Rejection.INVALID, f"malformed id {shown(image_id)}") from None
         except StoreUnavailableError as error:
-            raise QueryRejected(Rejection.UNAVAILABLE, str(error)) from None
+            raise _unavailable(error) from None
         if image_id not in rows:
-            raise QueryRejected(Rejection.NOT_FOUND, f"no image with id {image_id!r} in collection {collection!r}")
+            raise QueryRejected(Rejection.NOT_FOUND, f"no image with id {shown(image_id)} in collection "
+                                                     f"{shown(collection)}")
         return rows[image_id]
 
     def describe(self, collection: str = "") -> CollectionInfo:
         name = collection or self.default_collection
         try:
             return self.store.describe(name)
-        except CollectionNotFoundError as error:
-            raise QueryRejected(Rejection.NOT_FOUND, str(error)) from None
+        except CollectionNotFoundError:
+            raise QueryRejected(Rejection.NOT_FOUND, f"collection {shown(name)} not found") from None
         except StoreUnavailableError as error:
-            raise QueryRejected(Rejection.UNAVAILABLE, str(error)) from None
+            raise _unavailable(error) from None
+
+
+def _unavailable(error: StoreUnavailableError) -> QueryRejected:
+    """The client learns that the store is down, not where it lives: the address and the cause go to the log."""
+    log.warning("vector store unavailable: %s", error)
+    return QueryRejected(Rejection.UNAVAILABLE, "the vector store is unavailable (the cause is in the server log): "
+                                                "retry later")
 
 
 def _ms(since: float) -> float:

@@ -36,6 +36,14 @@ PREFILTER_OF = {
 }
 
 Reply = TypeVar("Reply")
+MAX_DETAILS_CHARS = 1024  # a status message travels in metadata (8 KiB limit): never let an echo overflow it
+
+
+def _prefilter(value: int) -> Prefilter:
+    if value not in PREFILTER_OF:  # a number no PrefilterMode has (a newer client, or a fuzzer): never silently OFF
+        raise QueryRejected(Rejection.INVALID, f"unknown prefilter mode {value}: use one of "
+                                               f"{', '.join(retrieval_pb2.PrefilterMode.keys())}")
+    return PREFILTER_OF[value]
 
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
@@ -62,7 +70,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             code = STATUS_OF[rejected.kind]
             if rejected.kind is Rejection.UNAVAILABLE and self.watcher is not None and self.watcher.available:
                 self.watcher.report_failure(rejected.message)
-            context.abort(code, rejected.message)
+            context.abort(code, rejected.message[:MAX_DETAILS_CHARS])
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unhandled error", extra={"method": method})
@@ -91,7 +99,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
 
     def DescribeCollection(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._handle("DescribeCollection", context, lambda: self._describe(request),
-                            {"collection": request.collection})
+                            {"collection": request.collection[:64]})
 
     def _search(self, request: Any) -> Any:
         kind = request.WhichOneof("query")
@@ -102,7 +110,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             top_k=int(request.top_k),
             collection=request.collection,
             filters=dict(request.filters),
-            prefilter=PREFILTER_OF.get(request.prefilter, Prefilter.OFF),
+            prefilter=_prefilter(request.prefilter),
             prefilter_class=request.prefilter_class,
             exclude_query_id=request.exclude_query_id,
             min_confidence=float(request.min_confidence),

@@ -43,7 +43,8 @@ class StoreWatcher:
 
     def unavailable_message(self) -> str:
         down = time.monotonic() - self._since
-        return (f"the vector store is unreachable (for {down:.0f} s: {self._reason}); health is NOT_SERVING and "
+        # The reason names the store's address: it stays in the server log, never in a reply.
+        return (f"the vector store is unreachable (for {down:.0f} s); health is NOT_SERVING and "
                 f"recovers by itself within {self.interval:.0f} s of the store coming back: retry later")
 
     def check(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from cbmir.services.quoting import shown
 from cbmir.services.store.schema import FILTER_FIELDS, SCALAR_FIELDS
 
 
@@ -19,8 +20,8 @@ def quote_literal(value: str) -> str:
     """A double-quoted Milvus string literal; values that could break out of the quotes are refused."""
     bad = sorted({ch for ch in value if ch in _FORBIDDEN})
     if bad:
-        shown = ", ".join(repr(ch) for ch in bad)
-        raise InvalidFilterError(f"filter value {value!r} contains characters that are not allowed: {shown}")
+        characters = ", ".join(repr(ch) for ch in bad)
+        raise InvalidFilterError(f"filter value {shown(value)} contains characters that are not allowed: {characters}")
     return f'"{value}"'
 
 
@@ -30,11 +31,11 @@ def build_filter_expression(filters: Mapping[str, str]) -> str:
     for name in sorted(filters):
         if name not in FILTER_FIELDS:
             raise InvalidFilterError(
-                f"unknown filter field {name!r}: filterable fields are {', '.join(FILTER_FIELDS)}"
+                f"unknown filter field {shown(name)}: filterable fields are {', '.join(FILTER_FIELDS)}"
             )
         value = filters[name]
         if not isinstance(value, str):
-            raise InvalidFilterError(f"filter value for {name!r} must be a string")
+            raise InvalidFilterError(f"filter value for {shown(name)} must be a string")
         if len(value) > SCALAR_FIELDS[name]:
             raise InvalidFilterError(f"filter value for {name!r} is longer than {SCALAR_FIELDS[name]} characters")
         terms.append(f"{name} == {quote_literal(value)}")

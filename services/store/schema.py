@@ -31,7 +31,8 @@ SCALAR_FIELDS: dict[str, int] = {
 ID_MAX_LENGTH = 64
 
 # Fields a search may filter on by equality. Anything else is rejected, never passed to Milvus.
-FILTER_FIELDS: tuple[str, ...] = (LABEL, PREDICTED_LABEL, MODALITY, BODY_PART, VIEW, DATASET, SOURCE)
+# Not `source`: a path can name a patient, and a filter on it would let a client probe for one.
+FILTER_FIELDS: tuple[str, ...] = (LABEL, PREDICTED_LABEL, MODALITY, BODY_PART, VIEW, DATASET)
 # Fields returned with every hit.
 OUTPUT_FIELDS: tuple[str, ...] = tuple(SCALAR_FIELDS)
 

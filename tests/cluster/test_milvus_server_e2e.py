@@ -36,7 +36,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, ray_local: None, milvus_ser
     if store.has_collection(COLLECTION):
         store.drop_collection(COLLECTION)
     report = run_ingestion(config)  # (reruns are idempotent: tests/store checks upserts on the server)
-    engine = RetrievalEngine(store, EmbeddingModel.load("efficientnet_lite0"), COLLECTION)
+    engine = RetrievalEngine(store, EmbeddingModel.load("efficientnet_lite0"), COLLECTION, return_source=True)
     running = start_server(engine, host="127.0.0.1", port=0)
     client = RetrievalClient(f"127.0.0.1:{running.port}", timeout=60)
     try:

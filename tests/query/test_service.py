@@ -12,7 +12,8 @@ from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.runner import run_ingestion
 from cbmir.services.embedding import EmbeddingModel, decode_image, image_id
 from cbmir.services.query.client import RetrievalClient
-from cbmir.services.query.engine import RetrievalEngine
+from cbmir.services.query.engine import RetrievalEngine, SearchQuery
+from cbmir.services.query.proto import retrieval_pb2
 from cbmir.services.query.server import start_server
 from cbmir.services.store import MilvusStore
 
@@ -37,7 +38,7 @@ def service(tmp_path_factory, ray_local, breastmnist_png_archive: Path, model: E
     ))
     assert report.ingested == 60
     store = MilvusStore(uri)
-    engine = RetrievalEngine(store, model, COLLECTION, max_top_k=MAX_TOP_K)
+    engine = RetrievalEngine(store, model, COLLECTION, max_top_k=MAX_TOP_K, return_source=True)
     running = start_server(engine, host="127.0.0.1", port=0)
     client = RetrievalClient(f"127.0.0.1:{running.port}", timeout=60)
     yield client, store, breastmnist_png_archive
@@ -129,6 +130,18 @@ def test_describe_collection_reports_model_and_size(service, model: EmbeddingMod
     ({"vector": [0.1] * 1280, "collection": "no_such"}, grpc.StatusCode.NOT_FOUND, "no_such"),
     ({"id": "0" * 32}, grpc.StatusCode.NOT_FOUND, "no image with id"),
     ({"id": 'x" or id != "'}, grpc.StatusCode.INVALID_ARGUMENT, "malformed id"),
+    # Vectors that would score every hit 0 or NaN: zeros, and values whose norm overflows float32.
+    ({"vector": [0.0] * 1280}, grpc.StatusCode.INVALID_ARGUMENT, "all zeros"),
+    ({"vector": [1e19] * 1280}, grpc.StatusCode.INVALID_ARGUMENT, "overflows"),
+    ({"vector": [3.4e38] * 1280}, grpc.StatusCode.INVALID_ARGUMENT, "overflows"),
+    # `source` (a path, possibly naming a patient) is not a filter field.
+    ({"vector": [0.1] * 1280, "filters": {"source": "SMITH_JOHN_MRN12345/CT_small.dcm"}},
+     grpc.StatusCode.INVALID_ARGUMENT, "unknown filter"),
+    # Echoed client values are clipped, so the reply never overflows gRPC's metadata limit.
+    ({"vector": [0.1] * 1280, "collection": "c" * 100_000}, grpc.StatusCode.NOT_FOUND, "100000 characters"),
+    ({"id": "7" * 50_000}, grpc.StatusCode.NOT_FOUND, "50000 characters"),
+    ({"vector": [0.1] * 1280, "filters": {"k" * 20_000: "x"}}, grpc.StatusCode.INVALID_ARGUMENT, "20000 characters"),
+    ({"id": "0" * 32, "rerank": "r" * 100_000}, grpc.StatusCode.INVALID_ARGUMENT, "100000 characters"),
 ])
 def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(service, kwargs, code, message) -> None:
     client, _, _ = service
@@ -137,7 +150,7 @@ def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(service,
         client.search(**kwargs)
     assert raised.value.code() == code
     assert message in raised.value.details()
-    assert "Traceback" not in raised.value.details()
+    assert "Traceback" not in raised.value.details() and len(raised.value.details()) <= 1024
     assert client.health() == "SERVING"
 
 
@@ -223,3 +236,33 @@ def test_predicted_prefilter_needs_a_classifier_head(service) -> None:
         client.search(image=_train_images(archive)[0], top_k=5, prefilter="predicted")
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "classifier head" in raised.value.details()
+
+
+def test_an_unknown_collection_names_neither_the_server_path_nor_other_collections(service) -> None:
+    client, store, _ = service
+    with pytest.raises(grpc.RpcError) as raised:
+        client.search(vector=[0.1] * 1280, top_k=3, collection="nope")
+    details = raised.value.details()
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND and "'nope' not found" in details
+    assert store.uri not in details and "/" not in details and COLLECTION not in details
+
+
+@pytest.mark.parametrize("mode", [4, 99, -1])
+def test_an_unknown_prefilter_mode_on_the_wire_is_refused_not_taken_for_off(service, mode: int) -> None:
+    client, _, _ = service
+    request = retrieval_pb2.SearchRequest(top_k=3, prefilter=mode)  # open enum: any int32 reaches the server
+    request.vector.values.extend([0.1] * 1280)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.stub.Search(request, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"unknown prefilter mode {mode}" in raised.value.details()
+
+
+def test_hits_carry_no_source_unless_the_operator_turns_it_on(service, model) -> None:
+    _, store, _ = service
+    engine = RetrievalEngine(store, model, COLLECTION)
+    hits = engine.search(SearchQuery(vector=np.full(1280, 0.1, dtype=np.float32), top_k=5)).hits
+    assert len(hits) == 5 and all("source" not in h.fields for h in hits)
+    revealing = RetrievalEngine(store, model, COLLECTION, return_source=True)
+    hits = revealing.search(SearchQuery(vector=np.full(1280, 0.1, dtype=np.float32), top_k=5)).hits
+    assert all(h.fields["source"].startswith("images/") for h in hits)
