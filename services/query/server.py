@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from cbmir.services.query.audit import AuditLog
 from cbmir.services.query.auth import Authenticator, TokenAuthInterceptor
 from cbmir.services.query.engine import RetrievalEngine
+from cbmir.services.query.malformed import MalformedRequestInterceptor
 from cbmir.services.query.proto import DEFAULT_MAX_MESSAGE_MB, SERVICE_NAME, retrieval_pb2, retrieval_pb2_grpc
 from cbmir.services.query.servicer import RetrievalServicer
 from cbmir.services.query.tls import ServerTls, check_plaintext_allowed, server_credentials
@@ -84,7 +85,10 @@ def start_server(
     max_concurrent = options.max_concurrent_rpcs or workers * (1 + DEFAULT_QUEUE_PER_WORKER)
     if max_concurrent < 1:
         raise ValueError(f"max concurrent RPCs must be >= 1, got {max_concurrent}")
-    interceptors = [TokenAuthInterceptor(options.authenticator)] if options.authenticator.enabled else []
+    # Outermost first: garbage bytes are refused before anything else reads them.
+    interceptors: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor()]
+    if options.authenticator.enabled:
+        interceptors.append(TokenAuthInterceptor(options.authenticator))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbmir-rpc"),
         interceptors=interceptors,
@@ -135,7 +139,8 @@ HEALTH_LISTENER_THREADS = 2
 def _start_health_listener(servicer: health.HealthServicer, host: str, port: int) -> tuple[grpc.Server, int]:
     """grpc.health.v1 alone, plain text, on its own threads, sharing the main server's health state."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=HEALTH_LISTENER_THREADS,
-                                                    thread_name_prefix="cbmir-health"))
+                                                    thread_name_prefix="cbmir-health"),
+                         interceptors=[MalformedRequestInterceptor()])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
