@@ -131,10 +131,15 @@ class Authenticator:
         return Caller(name="", peer=peer, method="none")
 
 
-def _rejecting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as `handler` that only answers UNAUTHENTICATED."""
+def _rejecting_handler(handler: grpc.RpcMethodHandler, message: str, method: str,
+                       on_refused: RefusalHook | None) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as `handler` that only answers UNAUTHENTICATED (logged, audited)."""
 
     def abort(_request: Any, context: grpc.ServicerContext) -> Any:
+        log.warning("unauthenticated call refused", extra={"method": method, "peer": context.peer() or "",
+                                                           "reason": message.split(":")[0]})
+        if on_refused is not None:
+            on_refused(context, method, grpc.StatusCode.UNAUTHENTICATED.name, message.split(":")[0])
         context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     kinds: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
@@ -148,11 +153,16 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.Rpc
                 response_serializer=handler.response_serializer)
 
 
+# Called with (context, method, status name, reason) when an interceptor refuses a call: the audit log's hook.
+RefusalHook = Callable[[Any, str, str, str], None]
+
+
 class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Refuses every call without a valid bearer token, except the health service (probes carry no token)."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, on_refused: RefusalHook | None = None) -> None:
         self.authenticator = authenticator
+        self.on_refused = on_refused
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -165,5 +175,4 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         presented = any(key.lower() == AUTH_HEADER for key, _ in metadata or ())
         message = ("invalid token" if presented else
                    "missing token: send metadata 'authorization: Bearer <token>' (cbmir search --token-file PATH)")
-        log.warning("unauthenticated call refused", extra={"method": method, "token_presented": presented})
-        return _rejecting_handler(handler, message)
+        return _rejecting_handler(handler, message, method, self.on_refused)

@@ -63,8 +63,9 @@ class _RateLimitedLog:
 class MalformedRequestInterceptor(grpc.ServerInterceptor):
     """Wraps every handler so that an unparseable request gets INVALID_ARGUMENT (outermost interceptor)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_refused: Callable[[Any, str, str, str], None] | None = None) -> None:
         self._log = _RateLimitedLog()
+        self.on_refused = on_refused  # the audit log's hook: every refused call is audited, only the log is limited
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -74,6 +75,8 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
 
         def refuse(request: MalformedRequest, context: grpc.ServicerContext) -> None:
             self._log.refused(context.peer() or "", method, request.reason)
+            if self.on_refused is not None:
+                self.on_refused(context, method, grpc.StatusCode.INVALID_ARGUMENT.name, "malformed request")
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           "malformed request: the bytes are not a valid protobuf message for this method")
 

@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cbmir.services.query.audit import AuditLog
+from cbmir.services.query.audit import AuditLog, refusal_recorder
 from cbmir.services.query.auth import Authenticator, TokenAuthInterceptor
 from cbmir.services.query.engine import RetrievalEngine
 from cbmir.services.query.malformed import MalformedRequestInterceptor
@@ -85,10 +85,12 @@ def start_server(
     max_concurrent = options.max_concurrent_rpcs or workers * (1 + DEFAULT_QUEUE_PER_WORKER)
     if max_concurrent < 1:
         raise ValueError(f"max concurrent RPCs must be >= 1, got {max_concurrent}")
-    # Outermost first: garbage bytes are refused before anything else reads them.
-    interceptors: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor()]
+    audit = AuditLog(options.audit_log) if options.audit_log else None
+    on_refused = refusal_recorder(audit) if audit is not None else None
+    # Outermost first: garbage bytes are refused before anything else reads them. Refusals are audited too.
+    interceptors: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor(on_refused)]
     if options.authenticator.enabled:
-        interceptors.append(TokenAuthInterceptor(options.authenticator))
+        interceptors.append(TokenAuthInterceptor(options.authenticator, on_refused))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbmir-rpc"),
         interceptors=interceptors,
@@ -102,7 +104,6 @@ def start_server(
         collection = engine.default_collection
         watcher = StoreWatcher(lambda: engine.store.ping(collection), health_servicer, watched,
                                interval=options.store_check_seconds)
-    audit = AuditLog(options.audit_log) if options.audit_log else None
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
         RetrievalServicer(engine, options.authenticator, audit, watcher), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -200,3 +200,42 @@ def test_token_files_and_env_are_parsed_and_weak_tokens_refused(tmp_path) -> Non
     assert sorted(load_tokens(None, env={"CBMIR_AUTH_TOKENS": f"x:{'3' * 16},{'4' * 16}"}).values()) == ["token2", "x"]
     with pytest.raises(AuthConfigError, match="not found"):
         load_tokens(tmp_path / "missing", env={})
+
+
+def test_refused_calls_are_audited_with_peer_method_and_reason(secure_server, pki, corpus, caplog) -> None:
+    running, audit = secure_server
+    caplog.set_level(logging.WARNING)
+    before = len(audit.read_text().splitlines())
+    for token in (None, "wrong-token-of-the-same-kind-0000000", None):
+        with _client(running.port, pki, token=token) as client, pytest.raises(grpc.RpcError):
+            client.search(id=corpus.ids[0], top_k=3)
+    with _client(running.port, pki, token=TOKEN) as client, pytest.raises(grpc.RpcError) as raised:
+        client.channel.unary_unary("/cbmir.v1.RetrievalService/Search", request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)(b"\xff" * 8, timeout=20,
+                                                                      metadata=client.metadata)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    records = [json.loads(line) for line in audit.read_text().splitlines()[before:]]
+    refused = [(r["status"], r["reason"]) for r in records]
+    assert refused == [("UNAUTHENTICATED", "missing token"), ("UNAUTHENTICATED", "invalid token"),
+                       ("UNAUTHENTICATED", "missing token"), ("INVALID_ARGUMENT", "malformed request")]
+    assert all(r["method"] == "Search" and r["peer"].startswith("ipv4:127.0.0.1") for r in records)
+    logged = [r for r in caplog.records if r.getMessage() == "unauthenticated call refused"]
+    assert len(logged) >= 3 and all(getattr(r, "peer", "").startswith("ipv4:127.0.0.1") for r in logged)
+
+
+def test_the_audit_log_rotates_by_size_and_keeps_its_backups(tmp_path: Path) -> None:
+    from cbmir.services.query.audit import AuditLog
+    from cbmir.services.query.auth import Caller
+
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path, max_bytes=4096, backups=2)
+    for i in range(200):  # ~150 bytes a record: ~30 KB in all, far over 3 files of 4 KiB
+        audit.record(Caller("ward-viewer", "ipv4:127.0.0.1:1", "token"), "Search", "OK", 1.0,
+                     {"kind": "id", "query_id": f"{i:032d}", "filters": {"label": "x" * 40}})
+    audit.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
+    assert all(p.stat().st_size <= 4096 for p in tmp_path.iterdir())
+    assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in tmp_path.iterdir())
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert last["query_id"] == f"{199:032d}"  # the newest record is in the live file
