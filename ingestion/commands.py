@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from cbmir.services.flags import add_logging_flags, add_model_flags, add_store_flags
+from cbmir.services.flags import add_logging_flags, add_model_flags, add_secret_flags, add_store_flags
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -58,10 +57,10 @@ def add_ingest_command(sub: Any) -> None:
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
     ingest.add_argument("--rerank-descriptor", default="", choices=["", "hog"],
                         help="also store HOG descriptors (1764 floats per image) so searches can --rerank hog")
-    ingest.add_argument("--id-salt", default=os.environ.get("CBMIR_ID_SALT", ""),
-                        help="secret that keys the image ids (HMAC-SHA256 of the DICOM SOPInstanceUID / pixels); "
-                             "prefer env CBMIR_ID_SALT. The collection records a digest of it, and later runs must "
-                             "pass the same salt (default: env CBMIR_ID_SALT, else unsalted sha256 ids)")
+    add_secret_flags(ingest, "--id-salt", "CBMIR_ID_SALT",
+                     "secret that keys the image ids (HMAC-SHA256 of the DICOM SOPInstanceUID / file bytes) and the "
+                     "hashed sources. The collection records a digest of it, and later runs must pass the same salt "
+                     "(default: unsalted sha256 ids)")
     ingest.add_argument("--source-field", default="auto", choices=["auto", "relative", "hashed", "none"],
                         help="what the stored `source` says: the path relative to SOURCE, a keyed hash of it "
                              "(salted by --id-salt), or nothing. Hospital paths often name patients. auto (default): "

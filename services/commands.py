@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from cbmir.services.flags import add_logging_flags, add_model_flags, add_store_flags, load_model_for
+from cbmir.services.flags import (
+    add_logging_flags,
+    add_model_flags,
+    add_secret_flags,
+    add_store_flags,
+    load_model_for,
+)
 from cbmir.services.store.milvus_server import add_milvus_server_parser
 
 
@@ -32,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.query.engine import RetrievalEngine
     from cbmir.services.query.metrics import serve_metrics
     from cbmir.services.query.server import serve_forever, start_server
+    from cbmir.services.query.tls import is_loopback
     from cbmir.services.store import MilvusStore
 
     options = _server_options(args)
@@ -44,6 +52,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warm_ms = engine.warm_up()
     if args.id_salt:
         store.check_id_salt(args.collection, id_salt_digest(args.id_salt))
+    if args.metrics_port and not is_loopback(args.metrics_host):
+        logging.getLogger("cbmir.serve").warning(
+            "Prometheus metrics are plain HTTP without authentication on %s:%d%s: bind them to the pod or a "
+            "private network only", args.metrics_host, args.metrics_port,
+            " while the gRPC service is TLS-only" if options.tls else "")
     serve_metrics(args.metrics_port, args.metrics_host)
     running = start_server(engine, host=args.host, port=args.port, max_message_mb=args.max_message_mb,
                            workers=args.workers, options=options)
@@ -185,8 +198,8 @@ def add_service_commands(sub: Any) -> None:
     security.add_argument("--audit-log", default=None, metavar="PATH",
                           help="append one JSON line per RPC: time, caller, request kind, k, filters, prefilter, "
                                "result ids, latency, status (never pixels, never tokens)")
-    security.add_argument("--id-salt", default=os.environ.get("CBMIR_ID_SALT", ""),
-                          help="check that the collection's ids were keyed with this salt (env CBMIR_ID_SALT)")
+    add_secret_flags(security, "--id-salt", "CBMIR_ID_SALT",
+                     "check that the collection's ids were keyed with this salt")
     limits = serve.add_argument_group("limits and availability")
     limits.add_argument("--max-concurrent-rpcs", type=int, default=None,
                         help="RPCs admitted at once, running or queued; beyond it RESOURCE_EXHAUSTED at once "

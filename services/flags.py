@@ -4,7 +4,34 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
+
+
+class SecretFromFile(argparse.Action):
+    """`--x-file PATH`: the secret is the file's first line, stored where `--x` stores it. A flag value is visible
+    to every local user in `ps`; a file (mode 0600, or a mounted k8s Secret) is not."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        try:
+            lines = Path(str(values)).read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            parser.error(f"{option_string}: cannot read {values}: {error.strerror or error}")
+        value = lines[0].strip() if lines else ""
+        if not value:
+            parser.error(f"{option_string}: {values} is empty (the secret is its first line)")
+        setattr(namespace, self.dest, value)
+
+
+def add_secret_flags(parser: Any, flag: str, env: str, help_text: str) -> None:
+    """`--flag VALUE` (default: env ENV) and `--flag-file PATH`, both into the same dest; the help says which to
+    prefer. `parser` may be an argument group."""
+    dest = flag.lstrip("-").replace("-", "_")
+    parser.add_argument(flag, dest=dest, default=os.environ.get(env, ""), metavar="SECRET",
+                        help=f"{help_text}; prefer env {env} or {flag}-file (a flag value shows in `ps`)")
+    parser.add_argument(f"{flag}-file", dest=dest, action=SecretFromFile, metavar="PATH",
+                        help=f"read {flag} from the first line of PATH (e.g. a mounted k8s Secret)")
 
 
 def add_store_flags(parser: argparse.ArgumentParser) -> None:
@@ -13,8 +40,8 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--milvus-uri", default=os.environ.get("CBMIR_MILVUS_URI", DEFAULT_URI),
                         help="Milvus Lite file (path ending in .db) or server URI http://host:19530 "
                              "(env CBMIR_MILVUS_URI; default %(default)s)")
-    parser.add_argument("--milvus-token", default=os.environ.get("CBMIR_MILVUS_TOKEN", ""),
-                        help="Milvus server token 'user:password' (env CBMIR_MILVUS_TOKEN; never logged)")
+    add_secret_flags(parser, "--milvus-token", "CBMIR_MILVUS_TOKEN",
+                     "Milvus server token 'user:password' (never logged)")
     parser.add_argument("--collection", default=DEFAULT_COLLECTION,
                         help="collection name; one collection per embedding model (default %(default)s)")
 

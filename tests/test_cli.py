@@ -65,3 +65,20 @@ def test_search_loads_neither_torch_nor_pymilvus(tmp_path: Path) -> None:
             "print(sorted(m for m in ('torch', 'pymilvus', 'ray', 'faiss') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code, str(image)], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr[-2000:]
+
+
+def test_secrets_come_from_files_or_env_not_only_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cbmir.cli import build_parser
+
+    salt, token = tmp_path / "salt", tmp_path / "token"
+    salt.write_text("per-deployment-salt-7c1d\n")
+    token.write_text("root:Milvus\n")
+    args = build_parser().parse_args(["ingest", "archive", "--id-salt-file", str(salt), "--milvus-token-file",
+                                      str(token)])
+    assert (args.id_salt, args.milvus_token) == ("per-deployment-salt-7c1d", "root:Milvus")
+    monkeypatch.setenv("CBMIR_ID_SALT", "from-the-environment")
+    assert build_parser().parse_args(["serve"]).id_salt == "from-the-environment"
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--id-salt-file", str(empty)])
