@@ -36,14 +36,15 @@ META_FIELDS: tuple[str, ...] = (store_schema.LABEL, store_schema.MODALITY, store
 # Columns the reader adds.
 STATUS = "status"
 REASON = "reason"
-PIXELS = "pixels"  # float32 bytes of the decoded image, C order
+PIXELS = "pixels"  # the image already resized to the model's input, compact bytes in C order (ingestion/wire.py)
 SHAPE = "shape"
+PIXEL_DTYPE = "pixel_dtype"  # uint8, uint16 or float32 (preprocess.wire_dtype says which)
 DECODE_SECONDS = "decode_seconds"  # the batch's decode time, spread evenly over its rows
 
 READ_SCHEMA = pa.schema(
     [(store_schema.ID, pa.string()), (NAME, pa.string()), *((f, pa.string()) for f in META_FIELDS),
      (STATUS, pa.string()), (REASON, pa.string()), (PIXELS, pa.large_binary()), (SHAPE, pa.list_(pa.int32())),
-     (DECODE_SECONDS, pa.float64())]
+     (PIXEL_DTYPE, pa.string()), (DECODE_SECONDS, pa.float64())]
 )
 # Decoded metadata keys copied when the listing did not name them (a manifest value wins over a DICOM header).
 DECODED_META: tuple[str, ...] = (store_schema.MODALITY, store_schema.BODY_PART, store_schema.VIEW)

@@ -16,6 +16,7 @@ from cbmir.ingestion.batches import (
     EMBED_SECONDS,
     EMBEDDING,
     MODEL_ID,
+    PIXEL_DTYPE,
     PIXELS,
     PREDICTED_LABEL,
     REASON,
@@ -24,7 +25,7 @@ from cbmir.ingestion.batches import (
     STATUS_FAILED,
     STATUS_OK,
 )
-from cbmir.ingestion.reader import unpack_pixels
+from cbmir.ingestion.wire import unpack
 from cbmir.services.embedding import EmbeddingModel
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptors
 from cbmir.services.embedding.preprocess import to_batch_tensor
@@ -43,6 +44,7 @@ class ModelDescription:
     identity_json: str
     model_id: str
     dim: int
+    input_size: int  # the read tasks resize to it before the pixels cross the object store
 
 
 def describe_model(backbone: str, weights: str | None, random_init: bool, device: str, precision: str,
@@ -54,7 +56,8 @@ def describe_model(backbone: str, weights: str | None, random_init: bool, device
     """
     model = EmbeddingModel.load(backbone=backbone, weights=weights, random_init=random_init, device=device,
                                 precision=precision, num_threads=num_threads, tta=tta)
-    return ModelDescription(model.identity.to_json(), model.identity.model_id, model.dim)
+    return ModelDescription(model.identity.to_json(), model.identity.model_id, model.dim,
+                            model.preprocessing.input_size)
 
 
 class Embedder:
@@ -85,9 +88,9 @@ class Embedder:
         predicted = [""] * batch.num_rows
         descriptors = np.zeros((batch.num_rows, DESCRIPTORS.get(self.descriptor, 0)), dtype=np.float32)
         if todo:
-            pixels_col = batch.column(PIXELS)
-            shape_col = batch.column(SHAPE)
-            images = [unpack_pixels(pixels_col[i].as_py(), shape_col[i].as_py()) for i in todo]
+            # Already resized by the read task (uint8/uint16/float32): to_batch_tensor only scales and normalises.
+            pixels_col, shape_col, dtype_col = batch.column(PIXELS), batch.column(SHAPE), batch.column(PIXEL_DTYPE)
+            images = [unpack(pixels_col[i].as_py(), shape_col[i].as_py(), dtype_col[i].as_py()) for i in todo]
             embedded = self._embed(images, todo, statuses, reasons, predicted)
             for i, vector in embedded.items():
                 vectors[i] = vector
@@ -95,7 +98,7 @@ class Embedder:
                 descriptors[todo] = hog_descriptors(images)
         elapsed = time.perf_counter() - started
         # Pixels are dropped here: the driver only ever sees ids, labels and vectors.
-        out = batch.drop_columns([PIXELS, SHAPE])
+        out = batch.drop_columns([PIXELS, SHAPE, PIXEL_DTYPE])
         out = out.set_column(out.schema.get_field_index(STATUS), STATUS, pa.array(statuses, pa.string()))
         out = out.set_column(out.schema.get_field_index(REASON), REASON, pa.array(reasons, pa.string()))
         embeddings = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim)

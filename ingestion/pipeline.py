@@ -178,9 +178,10 @@ class RayEmbedder(Embedder):
         return out.append_column(ACTOR_ID, pa.array([self.actor_id] * out.num_rows, pa.string()))
 
 
-def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef], id_salt: str = "") -> pa.Table:
+def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef], id_salt: str = "", *,
+               input_size: int) -> pa.Table:
     # The ref travels inside a list so Ray does not resolve it per call; ray.get of a numpy array is zero-copy.
-    return read_batch(batch, ray.get(existing_ids[0]), id_salt=id_salt)
+    return read_batch(batch, ray.get(existing_ids[0]), id_salt=id_salt, input_size=input_size)
 
 
 def listing_block_rows(count: int, batch_size: int, chunk_items: int) -> int:
@@ -211,26 +212,29 @@ def listing_dataset(blocks: Iterable[pa.Table]) -> ray.data.Dataset | None:
 
 
 def read_stage(dataset: ray.data.Dataset, existing_ids: np.ndarray, config: IngestConfig,
-               plan: ResourcePlan) -> ray.data.Dataset:
-    """Read + decode tasks over the listed items; ids in `existing_ids` come out as present, not decoded."""
+               plan: ResourcePlan, input_size: int) -> ray.data.Dataset:
+    """Read + decode + resize tasks over the listed items; ids in `existing_ids` come out as present, not decoded.
+
+    Only input_size^2 images in their compact dtype (uint8 for 8-bit sources) leave these tasks.
+    """
     ids_ref = ray.put(existing_ids)
     return dataset.map_batches(
         _read_task,
         batch_format="pyarrow",
         batch_size=config.batch_size,
-        fn_kwargs={"existing_ids": [ids_ref], "id_salt": config.id_salt},
+        fn_kwargs={"existing_ids": [ids_ref], "id_salt": config.id_salt, "input_size": input_size},
         num_cpus=plan.read_cpus,
         max_retries=READ_TASK_RETRIES,
     )
 
 
 def embedded_batches(blocks: Iterable[pa.Table], existing_ids: np.ndarray, config: IngestConfig,
-                     plan: ResourcePlan) -> Iterator[pa.Table]:
+                     plan: ResourcePlan, input_size: int) -> Iterator[pa.Table]:
     """Stream the embedded rows (no pixels) back to the driver, one Arrow table per batch, in no fixed order."""
     listed = listing_dataset(blocks)
     if listed is None:
         return
-    dataset = read_stage(listed, existing_ids, config, plan)
+    dataset = read_stage(listed, existing_ids, config, plan, input_size)
     embed_options: dict[str, Any] = {"num_cpus": plan.actor_cpus, "max_restarts": ACTOR_MAX_RESTARTS,
                                      "max_task_retries": ACTOR_MAX_TASK_RETRIES}
     if plan.actor_gpus:

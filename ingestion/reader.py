@@ -1,4 +1,5 @@
-"""Reader: a batch of listed items → ids, statuses and decoded pixels; never raises, bad files become reasons."""
+"""Reader: a batch of listed items → ids, statuses and pixels already resized to the model's input; never raises,
+bad files become reasons. It runs in Ray read tasks, so only small compact images cross the object store."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cbmir.ingestion.batches import (
     ID_MAX_LENGTH,
     META_FIELDS,
     NAME,
+    PIXEL_DTYPE,
     PIXELS,
     READ_SCHEMA,
     REASON,
@@ -31,7 +33,10 @@ from cbmir.ingestion.batches import (
     STATUS_PRESENT,
     URI,
 )
-from cbmir.services.embedding import ImageDecodeError, decode_array, decode_image, image_id
+from cbmir.ingestion.wire import pack
+from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id
+from cbmir.services.embedding.decode import file_content_key
+from cbmir.services.embedding.preprocess import decode_resized, presize
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +44,10 @@ log = logging.getLogger(__name__)
 ID_ARRAY_STEP = 8_192
 
 
-def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt: str = "") -> pa.Table:
-    """Read and decode every item of `batch`; `existing_ids` is a sorted bytes array of ids already stored.
+def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt: str = "", *,
+               input_size: int) -> pa.Table:
+    """Read, decode and resize to `input_size` every item of `batch`; `existing_ids` is a sorted bytes array of
+    ids already stored.
 
     `id_salt` keys the ids (HMAC-SHA256 of the content key): without the salt nobody can recompute an id from a
     DICOM SOPInstanceUID or link it to another archive.
@@ -50,7 +57,7 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt:
     out: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
     for i in range(batch.num_rows):
         item = {key: values[i] for key, values in columns.items()}
-        row = read_item(item, existing_ids, id_salt)
+        row = read_item(item, existing_ids, id_salt, input_size=input_size)
         for name in READ_SCHEMA.names:
             if name != DECODE_SECONDS:
                 out[name].append(row.get(name))
@@ -59,17 +66,28 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt:
     return pa.Table.from_pydict(out, schema=READ_SCHEMA)
 
 
-def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: str = "") -> dict[str, Any]:
-    """One item → its output row; every failure is caught here and becomes a reason."""
+def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: str = "", *,
+              input_size: int) -> dict[str, Any]:
+    """One item → its output row, pixels resized to input_size x input_size (`decode_resized`, the same call the
+    query service makes); every failure is caught here and becomes a reason."""
     row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
-                           ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: []}
+                           ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: [], PIXEL_DTYPE: ""}
     try:
         if item[ARRAY_INDEX] >= 0:
-            decoded = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
+            array = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
+            decoded = DecodedImage(
+                pixels=presize(array.pixels, input_size, array.metadata.get("bits", "")),
+                content_key=array.content_key, metadata=array.metadata)
         else:
             with open(item[URI], "rb") as handle:
                 data = handle.read()
-            decoded = decode_image(data)
+            # A file's id is the hash of its bytes (DICOM: of its SOP Instance UID), so a rerun skips a stored
+            # PNG/JPEG before decoding it; only an id stored from these very bytes can match.
+            file_id = image_id(file_content_key(data), salt=id_salt)
+            if existing_ids is not None and _contains(existing_ids, file_id):
+                row[ID], row[STATUS] = file_id, STATUS_PRESENT
+                return row
+            decoded = decode_resized(data, input_size)
     except FileNotFoundError:
         row[REASON] = "file not found"
         return row
@@ -90,15 +108,9 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
     if existing_ids is not None and _contains(existing_ids, row[ID]):
         row[STATUS] = STATUS_PRESENT
         return row
-    pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
     row[STATUS] = STATUS_OK
-    row[PIXELS] = pixels.tobytes()
-    row[SHAPE] = list(pixels.shape)
+    row[PIXELS], row[SHAPE], row[PIXEL_DTYPE] = pack(decoded.pixels)
     return row
-
-
-def unpack_pixels(data: bytes, shape: list[int]) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.float32).reshape(shape)
 
 
 def sorted_id_array(ids: Iterable[str]) -> np.ndarray:

@@ -89,7 +89,7 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
             with tqdm(total=scan.count, unit="img", file=sys.stderr, disable=not config.progress,
                       desc="ingest") as bar:
                 try:
-                    for batch in embedded_batches(blocks, existing, config, plan):
+                    for batch in embedded_batches(blocks, existing, config, plan, model.input_size):
                         if tally.first_batch_at is None:
                             tally.first_batch_at = time.perf_counter()
                         sink.write(tally.add(batch))

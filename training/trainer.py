@@ -122,10 +122,11 @@ class TrainResult:
 
 def load_images(config: TrainConfig, split: str | None, progress: bool = False) -> LabelledImages:
     """List `split` of the source with ingestion's listing and decode it with ingestion's reader."""
-    from cbmir.ingestion.batches import ID, PIXELS, REASON, SHAPE, STATUS, STATUS_OK, item_row
+    from cbmir.ingestion.batches import ID, PIXEL_DTYPE, PIXELS, REASON, SHAPE, STATUS, STATUS_OK, item_row
     from cbmir.ingestion.config import IngestConfig
-    from cbmir.ingestion.reader import read_item, unpack_pixels
+    from cbmir.ingestion.reader import read_item
     from cbmir.ingestion.sources import list_source
+    from cbmir.ingestion.wire import unpack
 
     listing = list_source(IngestConfig(source=config.source, manifest=config.manifest, split=split,
                                        image_column=config.image_column, label_column=config.label_column,
@@ -141,14 +142,15 @@ def load_images(config: TrainConfig, split: str | None, progress: bool = False) 
 
         items = tqdm(items, desc=f"decode {split or 'all'}", unit="img", leave=False)
     for item in items:
-        row = read_item(item_row(item, listing.dataset), None)
+        row = read_item(item_row(item, listing.dataset), None, input_size=size)
         if row[STATUS] != STATUS_OK:
             log.warning("skipping %s: %s", item.name, row[REASON])
             continue
         if not item.label:
             raise ValueError(f"{item.name} has no label (pass --label-column; MIAS density: --label-column tissue)")
-        image = unpack_pixels(row[PIXELS], row[SHAPE]).copy()  # frombuffer is read-only
-        # The same resize the models' preprocessing does, kept as uint8 to hold a data set in little memory.
+        image = unpack(row[PIXELS], row[SHAPE], row[PIXEL_DTYPE]).copy()  # frombuffer is read-only
+        # Already resized by the reader (the resize ingestion and the service do); kept as uint8 to hold a data
+        # set in little memory.
         unit = to_batch_tensor([image], to_unit)[0]
         pixels[len(labels)] = unit.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         labels.append(item.label)

@@ -102,13 +102,16 @@ def image_bytes(item: SourceItem) -> bytes:
     return buffer.getvalue()
 
 
-def decode_item(item: SourceItem) -> np.ndarray:
-    """Decoded pixels of an item by the same functions ingestion's reader uses."""
-    from cbmir.services.embedding import decode_array, decode_image
+def decode_item(item: SourceItem, input_size: int = 0) -> np.ndarray:
+    """Decoded pixels of an item by the same functions ingestion's reader uses; with `input_size`, already
+    resized to it as the read tasks and the query service do (`decode_resized` / `presize`)."""
+    from cbmir.services.embedding import decode_array, decode_image, decode_resized, presize
 
     if item.array_index is None:
-        return decode_image(Path(item.uri).read_bytes()).pixels
-    return decode_array(_npz_split(item.uri, str(item.split))[item.array_index]).pixels
+        data = Path(item.uri).read_bytes()
+        return decode_resized(data, input_size).pixels if input_size else decode_image(data).pixels
+    decoded = decode_array(_npz_split(item.uri, str(item.split))[item.array_index])
+    return presize(decoded.pixels, input_size, decoded.metadata["bits"]) if input_size else decoded.pixels
 
 
 @functools.lru_cache(maxsize=8)

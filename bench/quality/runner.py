@@ -435,7 +435,8 @@ def _query_vectors(model: object, queries: Sequence[Query], cache_dir: Path, spl
 
     model_id = model.model_id  # type: ignore[attr-defined]
     digest = hashlib.sha256("\n".join(q.key for q in queries).encode()).hexdigest()[:12]
-    path = cache_dir / f"queries_{split}_{model_id}_{digest}.npz"
+    size = model.preprocessing.input_size  # type: ignore[attr-defined]
+    path = cache_dir / f"queries_{split}_{model_id}_{digest}_r{size}.npz"
     if path.is_file():
         with np.load(path) as data:
             return dict(zip(data["keys"].tolist(), data["vectors"], strict=True)), data["failed"].tolist()
@@ -443,7 +444,7 @@ def _query_vectors(model: object, queries: Sequence[Query], cache_dir: Path, spl
     vectors: list[np.ndarray] = []
     for query in tqdm(queries, desc="embed queries", unit="img", file=sys.stderr, disable=not progress):
         try:
-            pixels.append(decode_item(query.item))  # type: ignore[arg-type]
+            pixels.append(decode_item(query.item, size))  # type: ignore[arg-type]
             keys.append(query.key)
         except (ImageDecodeError, OSError) as error:
             log.warning("query %s: %s", query.key, error)

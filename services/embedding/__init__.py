@@ -11,7 +11,7 @@ from cbmir.services.embedding.decode import (
     image_id,
 )
 from cbmir.services.embedding.model import EmbeddingModel, ModelIdentity, WeightsError, list_backbones
-from cbmir.services.embedding.preprocess import Preprocessing, to_batch_tensor
+from cbmir.services.embedding.preprocess import Preprocessing, decode_resized, presize, resize_unit, to_batch_tensor
 
 __all__ = [
     "BACKBONES",
@@ -25,8 +25,11 @@ __all__ = [
     "WeightsError",
     "decode_array",
     "decode_image",
+    "decode_resized",
     "id_salt_digest",
     "image_id",
     "list_backbones",
+    "presize",
+    "resize_unit",
     "to_batch_tensor",
 ]

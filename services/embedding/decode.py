@@ -1,4 +1,5 @@
-"""Bytes -> float pixels in [0, 1], a content key and non-PHI metadata; shared by ingestion and service."""
+"""Bytes -> pixels in [0, 1], a decoder-independent content key and non-PHI metadata; shared by ingestion and
+service."""
 
 from __future__ import annotations
 
@@ -35,7 +36,11 @@ class ImageDecodeError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """Decoded pixels (float32 in [0, 1], HxW or HxWx3), the store identity of the image and non-PHI tags."""
+    """Decoded pixels (float32 in [0, 1], HxW or HxWx3), the store identity of the image and non-PHI tags.
+
+    `decode_native` may also hand out uint8 pixels (meaning value / 255): an 8-bit image is then never copied to
+    float at its full size.
+    """
 
     pixels: np.ndarray
     content_key: str
@@ -64,6 +69,11 @@ def _metadata(**values: str) -> dict[str, str]:
     md = dict.fromkeys(METADATA_KEYS, "")
     md.update({k: v for k, v in values.items() if v})
     return md
+
+
+def file_content_key(data: bytes) -> str:
+    """`sha256:<hex>` of the file bytes: the same whichever decoder, decoder version or downscale reads them."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def pixel_content_key(raw: np.ndarray) -> str:
@@ -152,7 +162,20 @@ def decode_array(array: np.ndarray) -> DecodedImage:
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedImage:
-    """Decode DICOM, PNG, JPEG, PGM/PPM, TIFF or BMP bytes; any failure becomes ImageDecodeError."""
+    """Decode DICOM, PNG, JPEG, PGM/PPM, TIFF or BMP bytes at full size; any failure becomes ImageDecodeError."""
+    decoded = decode_native(data, max_pixels=max_pixels)
+    return DecodedImage(pixels=_finish(_unit(decoded.pixels)), content_key=decoded.content_key,
+                        metadata=decoded.metadata)
+
+
+def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: int = 0) -> DecodedImage:
+    """As `decode_image`, but 8-bit images stay uint8 and, with `min_size`, the decoder may downscale.
+
+    With `min_size` > 0 the image comes out no smaller than min_size on either side (or at its own size when it
+    is smaller): JPEG is decoded at a reduced DCT scale (Pillow `draft`, libjpeg's own scaling), other Pillow
+    formats are box-reduced by a whole factor right after decoding. DICOM decodes at full size as always.
+    The content key never depends on either: it is the file's SHA-256, or the DICOM SOP Instance UID.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageDecodeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -161,12 +184,16 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedI
     if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
         return _decode_dicom(data, max_pixels, force=False)
     try:
-        return _decode_pillow(data, max_pixels)
+        return _decode_pillow(data, max_pixels, min_size)
     except _NotPillowFormat:
         pass
     # No preamble/meta: older DICOM files start straight with the dataset. Only accept the forced parse when
     # it yields a real image dataset, because `force=True` "parses" almost any bytes into garbage elements.
     return _decode_dicom(data, max_pixels, force=True)
+
+
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
 
 
 # ---------------------------------------------------------------------------------------------- Pillow
@@ -184,7 +211,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
                                "(decompression bomb guard)")
 
 
-def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
+def _decode_pillow(data: bytes, max_pixels: int, min_size: int = 0) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             # Pillow warns between its limit and twice it; our own max_pixels check is the one that decides.
@@ -203,8 +230,12 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
             # Header-only so far: refuse huge images before load() allocates and inflates the pixel data.
             _check_size(im.size[0], im.size[1], max_pixels)
             im.seek(0)  # multi-page TIFF: the first page
+            if min_size:
+                # JPEG only (a no-op for other formats): the smallest DCT scale (1/2, 1/4, 1/8) that keeps both
+                # sides >= min_size, chosen from the header before any pixel is decoded.
+                im.draft(im.mode, (min_size, min_size))
             im.load()
-            pixels, raw, photometric, bits = _pillow_to_arrays(im)
+            pixels, photometric, bits = _pillow_to_arrays(im, min_size)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -217,31 +248,45 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
         raise ImageDecodeError(f"cannot decode {fmt.upper()} image: {type(exc).__name__}: {exc}") from exc
 
     return DecodedImage(
-        pixels=_finish(pixels),
-        content_key=pixel_content_key(raw),
+        pixels=pixels if pixels.dtype == np.uint8 else _finish(pixels),
+        content_key=file_content_key(data),
         metadata=_metadata(format=fmt, photometric=photometric, bits=bits),
     )
 
 
-def _pillow_to_arrays(im: Image.Image) -> tuple[np.ndarray, np.ndarray, str, str]:
-    """-> (float pixels, canonical integer pixels for the content key, photometric, bits)."""
+def _reduced(im: Image.Image, min_size: int) -> Image.Image:
+    """Box-reduce by the largest whole factor that keeps both sides >= min_size (Pillow `reduce`, in C)."""
+    factor = min(im.size[0] // min_size, im.size[1] // min_size) if min_size else 1
+    return im.reduce(factor) if factor >= 2 else im
+
+
+def _pillow_to_arrays(im: Image.Image, min_size: int = 0) -> tuple[np.ndarray, str, str]:
+    """-> (pixels: uint8 for 8-bit images, else float32 in [0, 1], photometric, bits).
+
+    The bit depth (16-bit data that uses 12 bits scales by 4095) is read from the full image before reducing.
+    """
     mode = im.mode
     if mode in ("1", "L", "LA", "La"):
-        raw = np.asarray(im.convert("L"), dtype=np.uint8)
-        return raw.astype(np.float32) / 255.0, raw, "MONOCHROME2", "8"
+        return np.asarray(_reduced(im.convert("L"), min_size), dtype=np.uint8), "MONOCHROME2", "8"
     if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(im.convert("I") if mode != "I" else im, dtype=np.int64)
-        if arr.min() >= 0 and arr.max() <= 0xFFFF:
-            raw16 = arr.astype(np.uint16)
-            return _scale_unsigned(raw16), raw16, "MONOCHROME2", "16"
-        raw32 = arr.astype(np.int32)
-        return _minmax(raw32), raw32, "MONOCHROME2", "32"
-    if mode == "F":
-        arr = np.asarray(im, dtype=np.float32)
-        return _grey_to_unit(arr), arr, "MONOCHROME2", "32"
+        full = im.convert("I") if mode != "I" else im
+        lo, hi = full.getextrema()
+        arr = np.asarray(_reduced(full, min_size), dtype=np.int64)
+        if lo >= 0 and hi <= 0xFFFF:
+            bits = max(8, int(hi).bit_length())
+            return (arr / float((1 << bits) - 1)).astype(np.float32), "MONOCHROME2", "16"
+        return _minmax_between(arr, lo, hi), "MONOCHROME2", "32"
+    if mode == "F":  # rare (floating-point TIFF): decoded and scaled at full size, as always
+        return _grey_to_unit(np.asarray(im, dtype=np.float32)), "MONOCHROME2", "32"
     # RGB, RGBA, P, PA, CMYK, YCbCr, LAB, HSV, RGBX...: everything colour becomes 8-bit RGB.
-    raw = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return raw.astype(np.float32) / 255.0, raw, "RGB", "8"
+    return np.asarray(_reduced(im.convert("RGB"), min_size), dtype=np.uint8), "RGB", "8"
+
+
+def _minmax_between(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Min-max scaling by the full image's extremes (so a reduced copy scales as the full one would)."""
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- DICOM
@@ -284,7 +329,7 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool) -> DecodedImage:
 
     _ensure_transfer_syntax(ds)
     try:
-        pixels, raw, photometric = _dicom_pixels(ds)
+        pixels, _raw, photometric = _dicom_pixels(ds)
     except ImageDecodeError:
         raise
     except Exception as exc:
@@ -299,7 +344,8 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool) -> DecodedImage:
             f"cannot decode DICOM pixel data{syntax}: {type(exc).__name__}: {exc}{hint}") from exc
 
     sop_uid = _dicom_str(ds, "SOPInstanceUID")
-    content_key = f"dicom:{sop_uid}" if sop_uid else pixel_content_key(raw)
+    # The SOP Instance UID names the image whatever its transfer syntax; without one, the file's bytes do.
+    content_key = f"dicom:{sop_uid}" if sop_uid else file_content_key(data)
     return DecodedImage(
         pixels=_finish(pixels),
         content_key=content_key,

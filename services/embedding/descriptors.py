@@ -18,14 +18,24 @@ HOG_DIM = ((HOG_SIZE // HOG_PIXELS_PER_CELL) - HOG_CELLS_PER_BLOCK + 1) ** 2 * H
 DESCRIPTORS = {"hog": HOG_DIM}
 
 
+def _unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 pixels as ingestion ships them (value * 255 / * 65535) back to float in [0, 1]."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) / 255.0
+    if pixels.dtype == np.uint16:
+        return pixels.astype(np.float32) / 65535.0
+    return pixels
+
+
 def _grey_square(pixels: np.ndarray) -> np.ndarray:
+    pixels = _unit(pixels)
     grey = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
     image = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32), mode="F")
     return np.asarray(image.resize((HOG_SIZE, HOG_SIZE), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def hog_descriptor(pixels: np.ndarray) -> np.ndarray:
-    """HOG of a decoded image (float HxW or HxWx3 in [0, 1]) → float32 vector of HOG_DIM."""
+    """HOG of a decoded image (HxW or HxWx3: float in [0, 1], uint8 or uint16) → float32 vector of HOG_DIM."""
     features = hog(
         _grey_square(pixels),
         orientations=HOG_ORIENTATIONS,

@@ -1,4 +1,9 @@
-"""Decoded pixels -> the normalised N x 3 x S x S tensor a backbone takes; one definition for all paths."""
+"""Decoded pixels -> the normalised N x 3 x S x S tensor a backbone takes; one definition for all paths.
+
+`resize_unit` is the one resize of cbmir: ingestion's read tasks (through `decode_resized`, before the pixels
+cross Ray's object store), the query service and `to_batch_tensor` all call it, so a stored vector and a query
+vector for the same file are computed from the same pixels.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cbmir.services.embedding.decode import MAX_IMAGE_PIXELS, DecodedImage, decode_native
 
 RESIZE_MODES: tuple[str, ...] = ("bilinear-squash",)
 
@@ -61,17 +68,79 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
+def resize_unit(image: np.ndarray, size: int) -> torch.Tensor:
+    """Any decoded image (HxW / HxWx3; float in [0, 1], uint8 or uint16) -> C x size x size float32, C in {1, 3}.
+
+    Antialiased bilinear ("bilinear-squash"), so downscaling a 3000 px radiograph averages pixels instead of
+    aliasing them. Grey stays one channel: a third of the work, expanded to 3 only when batched.
+    """
+    chw = _to_chw(image)
+    if tuple(chw.shape[1:]) != (size, size):
+        chw = F.interpolate(chw.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=True).squeeze(0)
+    return chw
+
+
+def wire_dtype(bits: str, *, resized: bool) -> np.dtype:
+    """The compact dtype that keeps what an image holds once presized.
+
+    uint8 only for an 8-bit source shipped at its own size (exact). A resized image holds averages of its
+    source's levels, which 8 bits would round off: measured on MIAS mammograms (mostly black), rounding the
+    resized image to 8 bits alone moved efficientnet_lite0 vectors to cosine 0.985-0.997, while 16 bits keep
+    1.0000 (docs/benchmarks.md, "Ingest decode path"). So resized images and 9-16-bit sources go as uint16, and
+    float32 only for 32-bit and float data.
+    """
+    try:
+        depth = int(bits)
+    except ValueError:
+        depth = 16  # a DICOM without BitsStored: 16 bits hold any stored integer image
+    if depth <= 8 and not resized:
+        return np.dtype(np.uint8)
+    return np.dtype(np.uint16) if depth <= 16 else np.dtype(np.float32)
+
+
+def presize(image: np.ndarray, size: int, bits: str = "") -> np.ndarray:
+    """`resize_unit`, returned as size x size (x 3) in `wire_dtype(bits)`: uint8 = value*255,
+    uint16 = value*65535, rounded; `_to_chw` reads both back (/ 255, / 65535).
+
+    An image of at most size x size pixels keeps its own size (only its dtype changes): upsampling it here would
+    only make the wire bigger, and `to_batch_tensor` resizes it with the same `resize_unit` anyway.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    small = arr.shape[0] * arr.shape[1] <= size * size
+    dtype = wire_dtype(bits, resized=not small)
+    if small and arr.dtype == dtype and (arr.ndim == 2 or arr.shape[2] == 3):
+        return np.ascontiguousarray(arr)  # exact already
+    chw = (_to_chw(arr) if small else resize_unit(arr, size)).clamp_(0.0, 1.0)
+    hwc = chw[0] if chw.shape[0] == 1 else chw.permute(1, 2, 0)
+    if dtype == np.uint8:
+        return hwc.mul(255.0).round_().to(torch.uint8).contiguous().numpy()
+    if dtype == np.uint16:
+        # torch has no uint16 arithmetic on every version: round in int32, then narrow in numpy.
+        return hwc.mul(65535.0).round_().to(torch.int32).contiguous().numpy().astype(np.uint16)
+    return np.ascontiguousarray(hwc.numpy(), dtype=np.float32)
+
+
+def decode_resized(data: bytes, size: int, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedImage:
+    """Bytes -> DecodedImage whose pixels are already size x size, compact (`presize`).
+
+    The fast path of ingestion and the query service: JPEG decodes at the smallest DCT scale that is still
+    >= 2 x size on each side (so the final resize still antialiases), other formats are box-reduced to that,
+    and no full-size float copy of an 8-bit image is made. The content key is the one `decode_image` gives.
+    """
+    decoded = decode_native(data, max_pixels=max_pixels, min_size=2 * size)
+    pixels = presize(decoded.pixels, size, decoded.metadata.get("bits", ""))
+    return DecodedImage(pixels=pixels, content_key=decoded.content_key, metadata=decoded.metadata)
+
+
 def to_batch_tensor(images: Sequence[np.ndarray], prep: Preprocessing) -> torch.Tensor:
     """Resize each image to prep.input_size, grey -> 3 channels, normalise: N x 3 x S x S float32."""
     size = prep.input_size
     out = torch.empty((len(images), 3, size, size), dtype=torch.float32)
     for i, image in enumerate(images):
-        chw = _to_chw(image)
-        if tuple(chw.shape[1:]) != (size, size):
-            # Resize before expanding grey to 3 channels: a third of the work for greyscale images.
-            # antialias=True so downscaling a 1024^2 mammogram averages pixels instead of aliasing them.
-            chw = F.interpolate(chw.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
-                                antialias=True).squeeze(0)
+        chw = resize_unit(image, size)
         out[i] = chw.expand(3, size, size) if chw.shape[0] == 1 else chw
     mean = torch.tensor(prep.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, dtype=torch.float32).view(1, 3, 1, 1)

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cbmir.services.embedding import EmbeddingModel, ImageDecodeError, decode_image
+from cbmir.services.embedding import EmbeddingModel, ImageDecodeError
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
+from cbmir.services.embedding.preprocess import decode_resized
 from cbmir.services.quoting import shown
 from cbmir.services.store import (
     CollectionInfo,
@@ -225,7 +226,8 @@ class RetrievalEngine:
         if query.image is not None:
             t = time.perf_counter()
             try:
-                pixels = decode_image(query.image).pixels
+                # The read tasks' own call: same downscale, same resize, same quantisation as the stored vector.
+                pixels = decode_resized(query.image, self.model.preprocessing.input_size).pixels
             except ImageDecodeError as error:
                 raise QueryRejected(Rejection.INVALID, f"cannot decode image: {error}") from None
             timings["decode"] = _ms(t)

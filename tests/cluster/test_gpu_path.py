@@ -63,7 +63,7 @@ def test_embedding_actors_are_created_with_the_gpu_share(monkeypatch: pytest.Mon
     config = IngestConfig(source="x", device="cuda", gpus_per_actor=0.5, actors=4)
     plan = plan_resources(16, 4, "cuda", 0.5, node_cpus=[8, 8])
 
-    list(pipeline.embedded_batches([pa.table({"uri": ["a"]})], np.zeros(0, "S64"), config, plan))
+    list(pipeline.embedded_batches([pa.table({"uri": ["a"]})], np.zeros(0, "S64"), config, plan, 224))
 
     read, embed = calls
     assert "num_gpus" not in read and read["num_cpus"] == plan.read_cpus  # decoding stays on CPUs

@@ -6,11 +6,23 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from cbmir.ingestion.batches import PIXELS, REASON, STATUS, STATUS_FAILED, STATUS_OK, STATUS_PRESENT, item_row
-from cbmir.ingestion.reader import read_batch, sorted_id_array, unpack_pixels
+from cbmir.ingestion.batches import (
+    PIXEL_DTYPE,
+    PIXELS,
+    REASON,
+    STATUS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PRESENT,
+    item_row,
+)
+from cbmir.ingestion.reader import read_batch, sorted_id_array
 from cbmir.ingestion.samples import BREASTMNIST_SUBSET
 from cbmir.ingestion.sources import SourceItem
+from cbmir.ingestion.wire import unpack
 from cbmir.services.store import schema
+
+SIZE = 224  # the input size of the default backbone
 
 
 def _batch(items: list[SourceItem]) -> pa.Table:
@@ -26,20 +38,22 @@ def test_unreadable_and_undecodable_files_become_failed_rows_with_reasons(tmp_pa
     noise.write_bytes(bytes(range(256)) * 4)
     items = [SourceItem(uri=str(p), name=p.name) for p in (good, truncated, noise, tmp_path / "gone.png")]
 
-    out = read_batch(_batch(items)).to_pylist()
+    out = read_batch(_batch(items), input_size=SIZE).to_pylist()
 
     assert [row[STATUS] for row in out] == [STATUS_OK, STATUS_FAILED, STATUS_FAILED, STATUS_FAILED]
     assert all(row[REASON] for row in out[1:])
     assert out[3][REASON] == "file not found"
-    assert unpack_pixels(out[0][PIXELS], out[0]["shape"]).shape == (28, 28)
+    # 28 x 28 is smaller than the model input: shipped at its own size, 8-bit as uint8.
+    assert unpack(out[0][PIXELS], out[0]["shape"], out[0][PIXEL_DTYPE]).shape == (28, 28)
+    assert out[0][PIXEL_DTYPE] == "uint8"
 
 
 def test_ids_already_stored_are_marked_present_and_carry_no_pixels() -> None:
     items = [SourceItem(uri=str(BREASTMNIST_SUBSET), split="train", array_index=i, name=f"n{i}") for i in range(3)]
-    first = read_batch(_batch(items)).to_pylist()
+    first = read_batch(_batch(items), input_size=SIZE).to_pylist()
     stored = sorted_id_array({first[1][schema.ID]})
 
-    again = read_batch(_batch(items), stored).to_pylist()
+    again = read_batch(_batch(items), stored, input_size=SIZE).to_pylist()
 
     assert [row[STATUS] for row in again] == [STATUS_OK, STATUS_PRESENT, STATUS_OK]
     assert again[1][PIXELS] == b""

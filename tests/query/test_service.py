@@ -10,7 +10,7 @@ import pytest
 
 from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.runner import run_ingestion
-from cbmir.services.embedding import EmbeddingModel, decode_image, image_id
+from cbmir.services.embedding import EmbeddingModel, decode_image, decode_resized, image_id
 from cbmir.services.query.client import RetrievalClient
 from cbmir.services.query.engine import RetrievalEngine, SearchQuery
 from cbmir.services.query.proto import retrieval_pb2
@@ -74,7 +74,8 @@ def test_search_by_image_returns_ordered_labelled_hits_with_itself_first(service
 def test_stored_vector_equals_the_vector_the_service_computes(service, model: EmbeddingModel) -> None:
     _, store, archive = service
     for query in _train_images(archive)[:3]:
-        decoded = decode_image(query.read_bytes())
+        # The service's own decode: resized to the model input as the read tasks do (decode_resized).
+        decoded = decode_resized(query.read_bytes(), model.preprocessing.input_size)
         stored = store.get_rows(COLLECTION, [image_id(decoded.content_key)])[image_id(decoded.content_key)]
         computed = model.embed([decoded.pixels])[0]
         stored_vector = np.asarray(stored["embedding"], dtype=np.float32)

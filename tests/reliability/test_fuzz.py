@@ -195,7 +195,7 @@ def _fuzz_reader(tmp_path: Path, examples: int) -> dict:
     @given(file_bytes)
     def one(data: bytes) -> None:
         path.write_bytes(data)
-        row = read_item({URI: str(path), NAME: "fuzzed", ARRAY_INDEX: -1, SPLIT: ""}, None)
+        row = read_item({URI: str(path), NAME: "fuzzed", ARRAY_INDEX: -1, SPLIT: ""}, None, input_size=224)
         assert row[STATUS] in (STATUS_OK, STATUS_FAILED)
         assert row[STATUS] == STATUS_OK or row[REASON]
         tally[row[STATUS]] += 1
