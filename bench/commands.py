@@ -36,7 +36,7 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         index_types=args.index_types, queries=args.queries, budget_s=args.budget, clients=args.clients,
         qps_seconds=args.qps_seconds, with_filter=not args.no_filter, lite_max_rows=args.lite_max_rows,
         seed=args.seed, workdir=str(out_dir / "work"), server_uri=args.server_uri,
-        server_settings=parse_settings(args.server_setting), reuse=args.reuse,
+        server_settings=parse_settings(args.server_setting), reuse=args.reuse, partitions=args.partitions,
     )
     record = {"machine": run_record.machine(), "versions": run_record.versions()}
     print(f"cbmir bench search -> {out_dir}  sizes={list(sizes)} engines={list(config.engines)} "
@@ -114,6 +114,27 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return _write_outputs(record, out_dir / "ingest.json", ingest_plot, ingest_table)
 
 
+def cmd_bench_server_breakdown(args: argparse.Namespace) -> int:
+    """One server search, part by part (client encode, RPC, consistency, fields, limit, ef, segments)."""
+    from cbmir.bench import run_record, server_breakdown
+
+    out_dir = _out_dir(args.out)
+    record: dict[str, Any] = {"machine": run_record.machine(), "versions": run_record.versions(), "runs": []}
+    for n in args.sizes:
+        config = server_breakdown.BreakdownConfig(uri=args.server_uri, n=n, dim=args.dim, ef=args.ef,
+                                                  rounds=args.rounds, metrics_url=args.metrics_url)
+        print(f"cbmir bench server-breakdown -> {out_dir}  N={n} dim={args.dim} ef={args.ef}", flush=True)
+        run = server_breakdown.run(config, progress=lambda line: print(line, flush=True))
+        record["runs"].append(run)
+        print(server_breakdown.table(run), flush=True)
+        server_breakdown.plot(run, out_dir)
+    record["machine"]["load_average_after"] = run_record.machine()["load_average"]
+    json_path = out_dir / "server_breakdown.json"
+    json_path.write_text(json.dumps(record, indent=2, default=float))
+    print(f"\nwrote {json_path} and {len(record['runs'])} PNG(s) beside it")
+    return 0
+
+
 def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
                    table: Callable[[dict[str, Any]], str]) -> int:
     """A benchmark's three outputs: its JSON record, its PNG plot beside it, its table on stdout."""
@@ -174,12 +195,33 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--server-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="milvus.yaml setting of the started server, repeatable (e.g. "
                              "dataCoord.segment.maxSize=2048)")
+    search.add_argument("--partitions", type=int, default=None,
+                        help="Milvus: partitions the label partition key hashes into (default: Milvus's 16); each "
+                             "holds its own segments and an unfiltered search visits them all")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
     search.add_argument("--keep-work", action="store_true", help="keep the Lite files and server data")
     search.add_argument("--log-level", default="WARNING")
     search.add_argument("--log-json", action="store_true")
     search.set_defaults(func=cmd_bench_search)
+
+    breakdown = bench_sub.add_parser(
+        "server-breakdown", help="where one Milvus server search spends its time: encode, RPC, consistency, ...",
+        description="Against a running Milvus server (cbmir milvus-server), create or re-use bench_<N> (HNSW, the "
+                    "vectors of `bench search`), then time each part of a search round-robin: pymilvus encode, a "
+                    "trivial RPC, the raw gRPC search, each consistency level, output fields, limit, ef, the label "
+                    "filter and MilvusStore.search; with --metrics-url also the server's own stage histograms.")
+    breakdown.add_argument("--server-uri", required=True, help="the Milvus server (http://127.0.0.1:PORT)")
+    breakdown.add_argument("--metrics-url", default="",
+                           help="its Prometheus /metrics (cbmir milvus-server: http://127.0.0.1:HEALTHZ_PORT/metrics)")
+    breakdown.add_argument("--sizes", type=_ints, default=(20_000,), help="collection sizes (default 20000)")
+    breakdown.add_argument("--dim", type=int, default=1024)
+    breakdown.add_argument("--ef", type=int, default=64, help="HNSW ef of the base parts (default %(default)s)")
+    breakdown.add_argument("--rounds", type=int, default=200, help="calls of each part (default %(default)s)")
+    breakdown.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    breakdown.add_argument("--log-level", default="WARNING")
+    breakdown.add_argument("--log-json", action="store_true")
+    breakdown.set_defaults(func=cmd_bench_server_breakdown)
 
     vec = bench_sub.add_parser("vectors", help="embed real images and compare their statistics with synthetic ones")
     vec.add_argument("--images", default="../shared/data/brain-mri", help="folder with labels.csv (image,label)")

@@ -131,8 +131,10 @@ class FaissEngine:
 class MilvusEngine:
     """Milvus Lite (a .db path) or a Milvus server (http://...) through MilvusStore and its pymilvus client."""
 
-    def __init__(self, name: str, uri: str, collection: str = "bench", reuse: bool = False) -> None:
+    def __init__(self, name: str, uri: str, collection: str = "bench", reuse: bool = False,
+                 num_partitions: int | None = None) -> None:
         self.name = name
+        self.num_partitions = num_partitions  # of the label partition key; None: Milvus's default (16)
         self.uri = uri
         self.collection = collection
         # reuse: keep the collection at close, and take it as it is when it holds these very vectors (and the
@@ -158,7 +160,8 @@ class MilvusEngine:
                 self.reused_rows = True
                 return BuildStats(rows=len(vectors), extra={"reused": True})
             self.store.drop_collection(self.collection)
-        self.store.ensure_collection(self.collection, identity, self.dim, choose_index("FLAT", "COSINE"))
+        self.store.ensure_collection(self.collection, identity, self.dim, choose_index("FLAT", "COSINE"),
+                                      num_partitions=self.num_partitions)
         empty = {name: "" for name in store_schema.SCALAR_FIELDS}
         started = time.perf_counter()
         for start in range(0, len(vectors), INSERT_BATCH):
@@ -228,7 +231,9 @@ class MilvusEngine:
         if self.config.index_type == "HNSW":
             params = {"ef": max(int(params["ef"]), k)}
         result = self.client.search(
-            self.collection, data=[query.tolist()], limit=k, anns_field=store_schema.EMBEDDING,
+            # float32 bytes: sent as they are, where a list is packed float by float (see MilvusStore.search)
+            self.collection, data=[np.ascontiguousarray(query, dtype=np.float32).tobytes()], limit=k,
+            anns_field=store_schema.EMBEDDING,
             filter=f'label == "{label}"' if label else "", output_fields=[],
             search_params={"metric_type": "COSINE", "params": params},
             # Bounded, not the collection's Strong: on a server, Strong waits for the next time tick

@@ -43,6 +43,7 @@ class SearchBenchConfig:
     server_uri: str = ""                     # use this Milvus server instead of starting one
     server_settings: dict[str, str] = field(default_factory=dict)  # milvus.yaml keys for the started server
     reuse: bool = False                      # server: keep the collection, re-use it when it holds these vectors
+    partitions: int | None = None            # Milvus: partitions of the label partition key (None: Milvus's 16)
 
 
 @dataclass
@@ -99,7 +100,7 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
                     record["skipped"].append(reason)
                     progress(reason)
                     continue
-                engine = _engine(engine_name, workdir, n, server_uri, config.reuse)
+                engine = _engine(engine_name, workdir, n, server_uri, config.reuse, config.partitions)
                 try:
                     _bench_engine(config, engine, n, base, labels, queries, query_labels, truth, truth_filtered,
                                   record, progress)
@@ -114,13 +115,16 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
     return record
 
 
-def _engine(name: str, workdir: Path, n: int, server_uri: str, reuse: bool = False) -> Any:
+def _engine(name: str, workdir: Path, n: int, server_uri: str, reuse: bool = False,
+            partitions: int | None = None) -> Any:
     if name == "faiss":
         return FaissEngine()
     if name == "lite":
-        return MilvusEngine("lite", str(workdir / f"lite-{n}.db"))
+        return MilvusEngine("lite", str(workdir / f"lite-{n}.db"), num_partitions=partitions)
     if name == "server":
-        return MilvusEngine("server", server_uri, collection=f"bench_{n}", reuse=reuse)
+        suffix = f"_p{partitions}" if partitions else ""
+        return MilvusEngine("server", server_uri, collection=f"bench_{n}{suffix}", reuse=reuse,
+                            num_partitions=partitions)
     raise ValueError(f"unknown engine {name!r}: choose from {', '.join(ENGINES)}")
 
 

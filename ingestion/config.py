@@ -30,6 +30,7 @@ class IngestConfig:
     ray_address: str | None = None  # None: local Ray; else a cluster address ("auto", "ray://host:10001", ...)
     index_type: str = "HNSW"
     metric: str = "COSINE"
+    partitions: int | None = None  # of a new collection's label partition key; None: Milvus's default (16)
     dataset: str = ""  # default: name of the source directory / npz stem
     manifest: str | None = None  # CSV; default: <dir>/labels.csv when present
     image_column: str = "image"

@@ -70,7 +70,7 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
             report.model_id = model.model_id
             index = choose_index(config.index_type, config.metric, expected_rows=scan.count)
             store.ensure_collection(config.collection, model.identity_json, model.dim, index,
-                                    id_salt_digest=id_salt_digest(config.id_salt))
+                                    id_salt_digest=id_salt_digest(config.id_salt), num_partitions=config.partitions)
             if config.rerank_descriptor:
                 store.ensure_descriptor_collection(config.collection, config.rerank_descriptor,
                                                    DESCRIPTORS[config.rerank_descriptor])

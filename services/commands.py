@@ -43,7 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.store import MilvusStore
 
     options = _server_options(args)
-    store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout)
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout,
+                        search_consistency=args.search_consistency)
     model = load_model_for(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
                              max_image_bytes=args.max_image_mb * 1024 * 1024,
@@ -207,6 +208,11 @@ def add_service_commands(sub: Any) -> None:
     limits.add_argument("--store-timeout", type=float, default=5.0,
                         help="seconds a Milvus server call may take, retries included, before UNAVAILABLE "
                              "(default %(default)s)")
+    limits.add_argument("--search-consistency", default="Session",
+                        choices=("Strong", "Session", "Bounded", "Eventually"),
+                        help="Milvus consistency level of each search (default %(default)s: no wait in a process "
+                             "that does not write; Bounded/Eventually: never wait; Strong: waits for the next time "
+                             "tick, ~100-200 ms per search on a Milvus server)")
     limits.add_argument("--health-port", type=int, default=None,
                         help="also answer grpc.health.v1 on this port, plain text, from its own threads: probes pass "
                              "under any load, and the kubelet's native gRPC probe reaches it when --tls-cert is on "

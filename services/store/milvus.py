@@ -33,6 +33,14 @@ _UNAVAILABLE_MARKERS = ("unavailable", "connect", "deadline", "timeout", "closed
                         "no available", "shutting down", "stopping")
 _BACKPRESSURE_MARKERS = ("rate limit", "ratelimit", "quota", "deny to write", "denied to write", "force deny",
                          "memory limit", "disk limit", "too many requests", "resource exhausted")
+# Consistency of a search (Milvus: which writes it must wait to see). Strong waits for the next time tick
+# (proxy.timeTickInterval, 200 ms) on every search; Session waits for this client's own last write (nothing for a
+# process that never wrote); Bounded reads what the query node holds, at most common.gracefulTime (5 s) stale,
+# without waiting; Eventually never waits. Measured (docs/benchmarks.md "Where a server query spends its time"):
+# Strong ~190 ms of tsafe wait per search, the other three alike. Session is the default: a serving process,
+# which never writes, waits for nothing, and a process that writes then searches still finds its own rows.
+CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+DEFAULT_SEARCH_CONSISTENCY = "Session"
 _RATE_LIMIT_CODES = {8, 9}  # ErrorCode.RATE_LIMIT, FORCE_DENY (write quotas of Milvus 2.3)
 
 
@@ -130,9 +138,14 @@ def _lite_client(path: str) -> MilvusClient:
 class MilvusStore:
     """Collections of image embeddings with their labels; the only code that talks to Milvus."""
 
-    def __init__(self, uri: str = DEFAULT_URI, token: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, uri: str = DEFAULT_URI, token: str = "", timeout: float = DEFAULT_TIMEOUT,
+                 search_consistency: str = DEFAULT_SEARCH_CONSISTENCY) -> None:
+        if search_consistency not in CONSISTENCY_LEVELS:
+            raise ValueError(f"unknown consistency level {search_consistency!r}: choose from "
+                             f"{', '.join(CONSISTENCY_LEVELS)}")
         self.uri = uri
         self.timeout = timeout
+        self.search_consistency = search_consistency
         if not is_server_uri(uri):
             path = Path(uri)
             if path.suffix != ".db":
@@ -196,7 +209,9 @@ class MilvusStore:
         return list(self._call(self.client.list_collections))
 
     def create_collection(self, name: str, model_identity_json: str, dim: int, index: IndexConfig,
-                          id_salt_digest: str = "") -> None:
+                          id_salt_digest: str = "", num_partitions: int | None = None) -> None:
+        """`num_partitions`: partitions the `label` partition key hashes into (Milvus default 16). Each holds its
+        own segments, and an unfiltered search visits every segment: fewer partitions, fewer segments per search."""
         index_params = self.client.prepare_index_params()
         index_params.add_index(
             field_name=schema.EMBEDDING,
@@ -210,6 +225,7 @@ class MilvusStore:
             schema=schema.build_schema(dim),
             index_params=index_params,
             consistency_level="Strong",
+            **({"num_partitions": num_partitions} if num_partitions else {}),
             properties={
                 schema.PROPERTY_MODEL_IDENTITY: model_identity_json,
                 schema.PROPERTY_SCHEMA_VERSION: schema.SCHEMA_VERSION,
@@ -225,7 +241,7 @@ class MilvusStore:
 
     def ensure_collection(
         self, name: str, model_identity_json: str, dim: int, index: IndexConfig | None = None,
-        id_salt_digest: str = "",
+        id_salt_digest: str = "", num_partitions: int | None = None,
     ) -> None:
         """Create the collection for this model, or check that an existing one belongs to the same model and ids."""
         if self.has_collection(name):
@@ -233,7 +249,7 @@ class MilvusStore:
             self.check_id_salt(name, id_salt_digest)
             self.load(name)
             return
-        self.create_collection(name, model_identity_json, dim, index or choose_index(), id_salt_digest)
+        self.create_collection(name, model_identity_json, dim, index or choose_index(), id_salt_digest, num_partitions)
 
     def id_salt_digest(self, name: str) -> str:
         return self._describe(name).get("properties", {}).get(schema.PROPERTY_ID_SALT_DIGEST, "") or ""
@@ -442,8 +458,17 @@ class MilvusStore:
         top_k: int,
         filters: Mapping[str, str] | None = None,
         exclude_ids: Sequence[str] = (),
+        consistency_level: str | None = None,
+        output_fields: Sequence[str] | None = None,
     ) -> list[list[Hit]]:
-        """Top-k per query vector, closest first, with equality filters AND-ed; filters never become syntax."""
+        """Top-k per query vector, closest first, with equality filters AND-ed; filters never become syntax.
+
+        `consistency_level` (default: the store's `search_consistency`, Session) and `output_fields` (default: every
+        scalar field, which the query service returns; `()` for ids and distances only) are per call.
+        """
+        level = consistency_level or self.search_consistency
+        if level not in CONSISTENCY_LEVELS:
+            raise ValueError(f"unknown consistency level {level!r}: choose from {', '.join(CONSISTENCY_LEVELS)}")
         index = self.index_config(name)
         expression = build_filter_expression(filters or {})
         if exclude_ids:
@@ -453,15 +478,14 @@ class MilvusStore:
             name,
             self.client.search,
             name,
-            data=np.asarray(vectors, dtype=np.float32).tolist(),
+            data=_vector_bytes(vectors),
             limit=top_k,
             filter=expression,
-            output_fields=list(schema.OUTPUT_FIELDS),
+            # ids only: ask for the primary key, since Milvus Lite answers an empty list with every field
+            output_fields=list(schema.OUTPUT_FIELDS if output_fields is None else output_fields) or [schema.ID],
             search_params={"metric_type": index.metric, "params": search_params_for(index, top_k)},
             anns_field=schema.EMBEDDING,
-            # "Session": this client's own writes are visible, without "Strong"'s wait for the next time tick
-            # (~200 ms per search on a Milvus server).
-            consistency_level="Session",
+            consistency_level=level,
         )
         higher_is_closer = index.higher_is_closer()
         return [
@@ -470,12 +494,20 @@ class MilvusStore:
                     id=str(h["id"]),
                     distance=float(h["distance"]),
                     score=float(h["distance"]) if higher_is_closer else -float(h["distance"]),
-                    fields={k: str(v) for k, v in h.get("entity", {}).items()},
+                    fields={k: str(v) for k, v in h.get("entity", {}).items() if k != schema.ID},
                 )
                 for h in hits
             ]
             for hits in result
         ]
+
+
+def _vector_bytes(vectors: np.ndarray) -> list[bytes]:
+    """Query vectors as raw float32 bytes, one per row: pymilvus sends bytes as they are (it learns the field's type
+    from its cached schema), where a list or an ndarray row is packed float by float by `struct.pack(*row)`
+    (~0.1-0.2 ms per 1024-d vector, see docs/benchmarks.md "Where a server query spends its time")."""
+    rows = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+    return [row.tobytes() for row in rows]
 
 
 def rows_from_arrow(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:

@@ -31,6 +31,11 @@ PORT_KEYS = (
 # Each component advertises this address instead of "the first unicast address" of the machine.
 IP_KEYS = ("rootCoord.ip", "proxy.ip", "queryCoord.ip", "queryNode.ip", "indexNode.ip", "dataCoord.ip", "dataNode.ip")
 GRACEFUL_STOP_SECONDS = 3
+# Segment sizing for collections of millions of 1024-d rows (4 KB each): a search visits every segment of the
+# partitions it touches, one HNSW graph each, so fewer, larger segments answer faster (docs/benchmarks.md "Where a
+# server query spends its time"). The template's 512 MB with sealProportion 0.23 seals a growing segment at
+# ~118 MB (~29k rows); 2048 MB sealed at full size makes ~500k-row segments. Any --set of the same key wins.
+SEGMENT_SETTINGS = {"dataCoord.segment.maxSize": "2048", "dataCoord.segment.sealProportion": "1"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -99,7 +104,7 @@ class MilvusServer:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         # Extra milvus.yaml keys, dotted (e.g. dataCoord.segment.maxSize=2048): tuning for large collections.
-        self.settings = dict(settings or {})
+        self.settings = {**SEGMENT_SETTINGS, **(settings or {})}
         self.ports: dict[str, int] = {}
         self.healthz_port = 0
         self.process: subprocess.Popen[bytes] | None = None

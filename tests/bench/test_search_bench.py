@@ -80,3 +80,22 @@ def test_reuse_times_the_searches_again_without_reinserting_or_rebuilding(tmp_pa
     assert [m["recall"] for m in second["measurements"]] == [m["recall"] for m in first["measurements"]]
     other = run(SearchBenchConfig(**{**config.__dict__, "seed": 1}), progress=lambda line: None)
     assert not other["builds"][0]["reused"]  # other vectors: the collection is rebuilt, never mixed
+
+
+def test_server_breakdown_times_every_part_and_reads_the_server_stages(tmp_path: Path, milvus_server,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    metrics_url = milvus_server.healthz_url.replace("/healthz", "/metrics")
+    code = main(["bench", "server-breakdown", "--server-uri", milvus_server.uri, "--metrics-url", metrics_url,
+                 "--sizes", "600", "--dim", "16", "--rounds", "4", "--out", str(tmp_path)])
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    (run,) = json.loads((run_dir / "server_breakdown.json").read_text())["runs"]
+    parts = {p["name"]: p["latency"] for p in run["parts"]}
+    assert {"encode_bytes", "rpc_get_version", "stub_search", "search_strong", "search_bounded",
+            "search_label_filter", "one_partition", "store_search"} <= set(parts)
+    assert all(lat["n"] >= 4 and lat["p50_ms"] > 0 for lat in parts.values())
+    assert run["segments_one_partition"]["count"] >= 1
+    bounded = run["server_stages_ms_per_search"]["search_bounded"]
+    assert bounded["proxy_sq_latency"]["per_search"] == pytest.approx(1.0)
+    assert (run_dir / "server_breakdown_600.png").read_bytes()[:4] == b"\x89PNG"
+    assert "stub_search" in capsys.readouterr().out

@@ -134,3 +134,35 @@ def test_a_dead_server_uri_is_reported_unavailable() -> None:
 def test_a_lite_path_without_db_suffix_is_refused_with_the_fix(tmp_path) -> None:
     with pytest.raises(StoreUnavailableError, match="must end in .db"):
         MilvusStore(str(tmp_path / "store"))
+
+
+@pytest.mark.parametrize("level", ["Strong", "Session", "Bounded", "Eventually"])
+def test_every_consistency_level_finds_the_same_hits_and_ids_only_skips_the_fields(store: MilvusStore,
+                                                                                   level: str) -> None:
+    rows = _full(_rows(40))
+    store.upsert("images", rows)
+    store.flush("images")
+    query = np.array([rows[5]["embedding"]], dtype=np.float64)  # any float dtype: sent as float32 bytes
+    full = store.search("images", query, 5, consistency_level="Strong")[0]
+    hits = store.search("images", query, 5, consistency_level=level)[0]
+    ids_only = store.search("images", query, 5, consistency_level=level, output_fields=())[0]
+    assert [h.id for h in hits] == [h.id for h in full] and hits[0].id == "img0005"
+    assert hits[0].fields["label"] == rows[5]["label"]
+    assert [h.id for h in ids_only] == [h.id for h in hits] and ids_only[0].fields == {}
+
+
+def test_an_unknown_consistency_level_is_refused_with_the_choices(store: MilvusStore) -> None:
+    with pytest.raises(ValueError, match="Bounded"):
+        store.search("images", np.zeros((1, DIM), dtype=np.float32), 5, consistency_level="Fast")
+    with pytest.raises(ValueError, match="Session"):
+        MilvusStore(store.uri, search_consistency="Fast")
+
+
+def test_a_collection_with_one_partition_still_filters_by_label(milvus_uri: str) -> None:
+    store = MilvusStore(milvus_uri)
+    store.ensure_collection("one", IDENTITY, DIM, choose_index("HNSW", "COSINE"), num_partitions=1)
+    rows = _full(_rows(30))
+    store.client.insert("one", rows)  # insert: Milvus 2.3.5's upsert misfiles partition-key rows (#30607)
+    hits = store.search("one", np.array([rows[0]["embedding"]]), 5, {"label": "meningioma"})[0]
+    assert len(hits) == 5 and all(h.fields["label"] == "meningioma" for h in hits)
+    store.close()
