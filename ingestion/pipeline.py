@@ -114,6 +114,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         context.enable_progress_bars = False  # the runner draws one bar over images, not one per operator
         context.print_on_execution_start = False
         context.enable_auto_log_stats = False
+        # Ray Data's memory detector tells the user to pass `memory=` to map_batches, which a cbmir user cannot:
+        # actors are sized by CPU (plan_resources), and an actor that runs out is OOM-killed and restarted.
+        detectors = context.issue_detectors_config
+        detectors.detectors = [d for d in detectors.detectors if d.__name__ != "HighMemoryIssueDetector"]
         if address is not None:
             context.wait_for_min_actors_s = CLUSTER_ACTOR_START_SECONDS
         logging.getLogger("ray.data").setLevel(logging.WARNING)
