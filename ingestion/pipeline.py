@@ -151,16 +151,24 @@ def drop_stderr_lines(patterns: Sequence[re.Pattern[bytes]]) -> Iterator[None]:
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    def dropped(line: bytes) -> bool:
+        return any(p.search(line) for p in patterns)
+
     def copy() -> None:
         with os.fdopen(read_end, "rb", buffering=0) as pipe:
             pending = b""
             while chunk := pipe.read(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                kept = [line + b"\n" for line in lines if not any(p.search(line) for p in patterns)]
+                # Lines end at \n or \r (a progress bar redraws with \r). An unfinished line is held back only
+                # if it may be one of Ray's C++ log lines ("[date ..."), so a progress bar shows as it is drawn.
+                *lines, pending = re.split(rb"(?<=[\r\n])", pending + chunk)
+                kept = [line for line in lines if not dropped(line)]
+                if pending and not pending.startswith(b"["):
+                    kept.append(pending)
+                    pending = b""
                 if kept:
                     with contextlib.suppress(OSError):
                         os.write(saved, b"".join(kept))
-            if pending and not any(p.search(pending) for p in patterns):
+            if pending and not dropped(pending):
                 with contextlib.suppress(OSError):
                     os.write(saved, pending)
 
