@@ -91,7 +91,8 @@ def test_sigkilled_ingest_leaves_no_orphans_after_the_next_start(breastmnist_png
                                                                  tmp_path: Path) -> None:
     ingest = subprocess.Popen(
         [str(CBMIR), "ingest", str(breastmnist_png_archive), "--milvus-uri", str(tmp_path / "k.db"), "--no-progress",
-         "--limit", "8", "--backbone", "squeezenet1_1", "--random-init"],
+         "--report", str(tmp_path / "report.json"), "--limit", "8",
+         "--backbone", "squeezenet1_1", "--random-init"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         session = _wait_for(lambda: next(iter(Path("/tmp/ray").glob(f"session_*_{ingest.pid}")), None), 300,
@@ -121,7 +122,8 @@ def test_sigkilled_ingest_leaves_no_orphans_after_the_next_start(breastmnist_png
 def test_normal_ingest_prints_no_ray_warning(breastmnist_png_archive: Path, tmp_path: Path) -> None:
     run = subprocess.run(
         [str(CBMIR), "ingest", str(breastmnist_png_archive), "--milvus-uri", str(tmp_path / "q.db"), "--no-progress",
-         "--limit", "40", "--batch-size", "16", "--backbone", "squeezenet1_1", "--random-init"],
+         "--report", str(tmp_path / "report.json"), "--limit", "40", "--batch-size", "16",
+         "--backbone", "squeezenet1_1", "--random-init"],
         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ingested 40 of 40" in run.stderr
