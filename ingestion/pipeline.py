@@ -6,8 +6,14 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +24,7 @@ import pyarrow as pa
 import ray
 import ray.data
 import ray.exceptions
+from ray.util.annotations import RayDeprecationWarning
 
 from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.embedder import Embedder, ModelDescription, describe_model
@@ -41,6 +48,9 @@ MAX_LISTING_BLOCKS = 256
 # Where each batch was embedded: the Ray node and actor, so a report can show the actors spread over nodes.
 NODE_ID = "node_id"
 ACTOR_ID = "actor_id"
+# A local Ray start is tried this many times; Ray's wait for the GCS port is raised to this many seconds.
+RAY_START_ATTEMPTS = 3
+GCS_PORT_WAIT_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -86,32 +96,190 @@ def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
     """Use the Ray already running in this process, else start one: local (`num_cpus`: Ray's own count of this
-    machine by default), or attached to the cluster at `address`. The one place cbmir starts Ray."""
+    machine by default), or attached to the cluster at `address`. The one place cbmir starts Ray.
+
+    A local start first ends what a SIGKILLed run left behind (stale_ray_sessions), then retries a failed start
+    a bounded number of times; Ray is shut down on the way out, also on an error."""
     started_here = False
     if not ray.is_initialized():
         if address is None:
-            # Worker logs stay in /tmp/ray/session_*/logs: the driver's output is the progress bar and summary.
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+            start_local_ray(num_cpus)
         else:
             # Ship the driver's cbmir package so cluster workers run the same reader and model code.
             ray.init(address=address, logging_level=logging.WARNING,
                      runtime_env={"py_modules": [str(staged_cbmir_package())]})
         started_here = True
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the runner draws one bar over images, not one per operator
-    context.print_on_execution_start = False
-    context.enable_auto_log_stats = False
-    if address is not None:
-        context.wait_for_min_actors_s = CLUSTER_ACTOR_START_SECONDS
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    # It warns that Ray Data's own bars are off, which is the point: the runner's bar counts images.
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     try:
-        yield
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the runner draws one bar over images, not one per operator
+        context.print_on_execution_start = False
+        context.enable_auto_log_stats = False
+        # Ray Data's memory detector tells the user to pass `memory=` to map_batches, which a cbmir user cannot:
+        # actors are sized by CPU (plan_resources), and an actor that runs out is OOM-killed and restarted.
+        detectors = context.issue_detectors_config
+        detectors.detectors = [d for d in detectors.detectors if d.__name__ != "HighMemoryIssueDetector"]
+        if address is not None:
+            context.wait_for_min_actors_s = CLUSTER_ACTOR_START_SECONDS
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # It warns that Ray Data's own bars are off, which is the point: the runner's bar counts images.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        with drop_stderr_lines(RAY_FALSE_ALARMS):
+            yield
     finally:
         if started_here:
             ray.shutdown()
+
+
+# Lines Ray's C++ core prints on the driver's stderr that ask nothing of the user. Ray Data always puts an actor
+# pool's constructor arguments (its map transformer) in the object store, so any pool with max_restarts > 0 gets
+# this error line, even with no constructor arguments at all (ray-project/ray#57733); the transformer stays
+# referenced by the operator for the whole run, so the restarts it warns about do work (docs/reliability.md).
+RAY_FALSE_ALARMS = (re.compile(rb"core_worker\.cc:\d+: Actor with class name: 'MapWorker\(.*"
+                               rb"has constructor arguments in the object store and max_restarts > 0"),)
+
+
+@contextlib.contextmanager
+def drop_stderr_lines(patterns: Sequence[re.Pattern[bytes]]) -> Iterator[None]:
+    """Drop the lines of this process's stderr (fd 2: Python and C++ alike) that match one of `patterns`.
+
+    fd 2 becomes a pipe that a thread copies, line by line, to the real stderr; the real fd 2 comes back on exit.
+    Everything else passes unchanged, in order.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def dropped(line: bytes) -> bool:
+        return any(p.search(line) for p in patterns)
+
+    def copy() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            pending = b""
+            while chunk := pipe.read(65536):
+                # Lines end at \n or \r (a progress bar redraws with \r). An unfinished line is held back only
+                # if it may be one of Ray's C++ log lines ("[date ..."), so a progress bar shows as it is drawn.
+                *lines, pending = re.split(rb"(?<=[\r\n])", pending + chunk)
+                kept = [line for line in lines if not dropped(line)]
+                if pending and not pending.startswith(b"["):
+                    kept.append(pending)
+                    pending = b""
+                if kept:
+                    with contextlib.suppress(OSError):
+                        os.write(saved, b"".join(kept))
+            if pending and not dropped(pending):
+                with contextlib.suppress(OSError):
+                    os.write(saved, pending)
+
+    thread = threading.Thread(target=copy, name="cbmir-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end but for children that inherited it
+        thread.join(timeout=5)
+        os.close(saved)
+
+
+def start_local_ray(num_cpus: int | None, attempts: int = RAY_START_ATTEMPTS) -> None:
+    """ray.init a local Ray for this process, after ending stale sessions; a failed start is retried.
+
+    A start that fails ("Timed out waiting for file .../gcs_server_port_...": the GCS did not publish its port
+    within Ray's wait, which a loaded machine overruns) leaves a half-started node: it is shut down before the
+    next attempt. The last failure raises one RuntimeError saying what to do.
+    """
+    for pid in end_stale_ray_sessions():
+        log.info("ended process %d of a local Ray session whose driver is gone", pid)
+    # Ray's default wait for the GCS port (30 s) is overrun on a busy 2-core machine; an operator's value stands.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(GCS_PORT_WAIT_SECONDS))
+    # Ray turns token auth on for a new local cluster and says so at WARNING, asking nothing of the user.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    for attempt in range(1, attempts + 1):
+        try:
+            # Worker logs stay in the session's logs/ folder: the driver's output is the progress bar and summary.
+            # The dashboard is off (ingest never serves it); Ray still runs its per-node agents.
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
+            return
+        except Exception as error:  # noqa: BLE001 - Ray raises RuntimeError, ConnectionError, TimeoutError...
+            ray.shutdown()  # the processes a half-done start left
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if attempt == attempts:
+                raise RuntimeError(
+                    f"local Ray did not start after {attempts} attempts: {reason} (the machine may be overloaded: "
+                    f"raise RAY_gcs_server_port_wait_time_s, or start Ray with `ray start --head` and pass "
+                    f"--ray-address)") from error
+            log.warning("local Ray did not start (attempt %d of %d): %s; retrying", attempt, attempts, reason)
+
+
+_SESSION_DIR = re.compile(r"^(.*/session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_(\d+))(?:/|$)")
+# A session whose GCS or raylet still runs is alive, whoever started it (`ray start --head` exits at once).
+_SESSION_KEEPERS = {"gcs_server", "raylet"}
+
+
+def stale_ray_sessions() -> dict[str, list[int]]:
+    """Local Ray sessions of this user whose driver is gone and whose GCS and raylet are gone: session dir ->
+    the pids still holding files in it (e.g. ray::DashboardAgent, ray::RuntimeEnvAgent orphaned at ppid 1 by a
+    SIGKILLed `cbmir ingest`). Linux only (reads /proc); empty elsewhere.
+
+    A Ray session directory ends in the pid of the process that started it; its processes keep their log
+    files open in it, which ties each process to its session.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    uid = os.getuid()
+    holders: dict[str, set[int]] = {}
+    keepers: set[str] = set()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            comm = (entry / "comm").read_text().strip()
+            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        for link in links:
+            match = _SESSION_DIR.match(link)
+            if match:
+                holders.setdefault(match.group(1), set()).add(int(entry.name))
+                if comm in _SESSION_KEEPERS:
+                    keepers.add(match.group(1))
+    stale = {}
+    for session, pids in holders.items():
+        driver = int(_SESSION_DIR.match(session).group(2))
+        if session not in keepers and driver not in pids and not _alive(driver):
+            stale[session] = sorted(pids)
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_stale_ray_sessions(grace_s: float = 5.0) -> list[int]:
+    """SIGTERM the processes of stale_ray_sessions(), SIGKILL what still runs after `grace_s`; their pids."""
+    pids = [pid for session_pids in stale_ray_sessions().values() for pid in session_pids]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def staged_cbmir_package() -> Path:
@@ -218,35 +386,53 @@ def read_stage(dataset: ray.data.Dataset, existing_ids: np.ndarray, config: Inge
     Only input_size^2 images in their compact dtype (uint8 for 8-bit sources) leave these tasks.
     """
     ids_ref = ray.put(existing_ids)
-    return dataset.map_batches(
-        _read_task,
+    return _map_batches(
+        dataset, _read_task, {"max_retries": READ_TASK_RETRIES},
         batch_format="pyarrow",
         batch_size=config.batch_size,
         fn_kwargs={"existing_ids": [ids_ref], "id_salt": config.id_salt, "input_size": input_size},
         num_cpus=plan.read_cpus,
-        max_retries=READ_TASK_RETRIES,
     )
+
+
+def _map_batches(dataset: ray.data.Dataset, fn: Any, retry_bounds: dict[str, int], **kwargs: Any) -> ray.data.Dataset:
+    """dataset.map_batches(fn, **kwargs) with Ray core's retry bounds (max_retries, max_restarts, max_task_retries).
+
+    Ray 2.60 deprecates remote args passed as **ray_remote_args but names no parameter for these bounds, and Ray
+    Data's own defaults are -1 (unbounded): a batch that kills every worker would be retried forever. So they go
+    the deprecated way with that one warning silenced here; tests/ingestion/test_ray_start.py pins that Ray Data
+    still takes them (it fails when Ray drops the path, e.g. 2.64).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated", category=RayDeprecationWarning)
+        return dataset.map_batches(fn, **kwargs, **retry_bounds)
 
 
 def embedded_batches(blocks: Iterable[pa.Table], existing_ids: np.ndarray, config: IngestConfig,
                      plan: ResourcePlan, input_size: int) -> Iterator[pa.Table]:
     """Stream the embedded rows (no pixels) back to the driver, one Arrow table per batch, in no fixed order."""
-    listed = listing_dataset(blocks)
+    counted = [0]
+
+    def counting(source: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        for block in source:
+            counted[0] += block.num_rows
+            yield block
+
+    listed = listing_dataset(counting(blocks))
     if listed is None:
         return
     dataset = read_stage(listed, existing_ids, config, plan, input_size)
-    embed_options: dict[str, Any] = {"num_cpus": plan.actor_cpus, "max_restarts": ACTOR_MAX_RESTARTS,
-                                     "max_task_retries": ACTOR_MAX_TASK_RETRIES}
-    if plan.actor_gpus:
-        embed_options["num_gpus"] = plan.actor_gpus
-    dataset = dataset.map_batches(
-        RayEmbedder,
+    # No more actors than batches: an actor that can get no batch only loads a model (and Ray warns about it).
+    actors = max(1, min(config.actors, math.ceil(counted[0] / config.batch_size)))
+    dataset = _map_batches(
+        dataset, RayEmbedder, {"max_restarts": ACTOR_MAX_RESTARTS, "max_task_retries": ACTOR_MAX_TASK_RETRIES},
         fn_constructor_kwargs={**_model_options(config, plan), "descriptor": config.rerank_descriptor},
         batch_format="pyarrow",
         batch_size=config.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=config.actors),
-        **embed_options,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=plan.actor_cpus,
+        num_gpus=plan.actor_gpus or None,
     )
     log.info("ray plan: read tasks %.2f CPU, %d actors x %.2f CPU / %.2f GPU, %d torch threads",
-             plan.read_cpus, config.actors, plan.actor_cpus, plan.actor_gpus, plan.torch_threads)
+             plan.read_cpus, actors, plan.actor_cpus, plan.actor_gpus, plan.torch_threads)
     yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)

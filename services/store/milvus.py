@@ -121,17 +121,30 @@ def _reason(error: Exception) -> str:
 _lite_clients: dict[str, MilvusClient] = {}
 _lite_lock = threading.Lock()
 
+# gRPC keepalive that each peer accepts. pymilvus pings every 10 s, with or without a call in flight.
+# - Milvus Lite serves from an in-process grpc.server with gRPC core's defaults: no pings without calls, none
+#   closer than 5 min; the third early ping gets GOAWAY ENHANCE_YOUR_CALM "too_many_pings". Lite is this very
+#   process over loopback, with no NAT or proxy to keep a connection alive for: keepalive off.
+# - A Milvus server's proxy enforces MinTime 5 s and PermitWithoutStream true (milvus-io/milvus
+#   internal/distributed/proxy/service.go): pings every 10 s, also idle, detect a dead server or a dropped NAT
+#   entry, and the server accepts them.
+GRPC_KEEPALIVE_OFF_MS = 2**31 - 1  # gRPC core: INT_MAX keepalive time = no keepalive pings
+LITE_GRPC_OPTIONS: dict[str, int] = {"grpc.keepalive_time_ms": GRPC_KEEPALIVE_OFF_MS,
+                                     "grpc.keepalive_permit_without_calls": 0}
+SERVER_GRPC_OPTIONS: dict[str, int] = {"grpc.keepalive_time_ms": 10_000, "grpc.keepalive_timeout_ms": 5_000,
+                                       "grpc.keepalive_permit_without_calls": 1}
+
 
 def _lite_client(path: str) -> MilvusClient:
     """One client per Milvus Lite file per process.
 
-    Milvus Lite serves a file from an in-process gRPC server; reconnecting to it after a client closed can be
-    refused ("too_many_pings" GOAWAY from the earlier connection's keepalives), so connections are reused.
+    Milvus Lite serves a file from an in-process gRPC server that a second connection to the same file cannot
+    share, so connections are reused; they send no keepalive pings (LITE_GRPC_OPTIONS).
     """
     key = str(Path(path).resolve())
     with _lite_lock:
         if key not in _lite_clients:
-            _lite_clients[key] = MilvusClient(uri=key)
+            _lite_clients[key] = MilvusClient(uri=key, grpc_options=dict(LITE_GRPC_OPTIONS))
         return _lite_clients[key]
 
 
@@ -154,8 +167,8 @@ class MilvusStore:
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client = _lite_client(uri) if not is_server_uri(uri) else MilvusClient(uri=uri, token=token,
-                                                                                       timeout=timeout)
+            self.client = _lite_client(uri) if not is_server_uri(uri) else MilvusClient(
+                uri=uri, token=token, timeout=timeout, grpc_options=dict(SERVER_GRPC_OPTIONS))
         except MilvusException as error:
             raise _unavailable(uri, error) from None
         self._index_cache: dict[str, IndexConfig] = {}
