@@ -48,7 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = load_model_for(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
                              max_image_bytes=args.max_image_mb * 1024 * 1024,
-                             min_confidence=args.prefilter_min_confidence, return_source=args.return_source)
+                             min_confidence=args.prefilter_min_confidence, return_source=args.return_source,
+                             max_image_pixels=args.max_image_pixels,
+                             decode_budget_bytes=args.decode_memory_budget_mb * 1024 * 1024)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
     warm_ms = engine.warm_up()
     if args.id_salt:
@@ -172,10 +174,16 @@ def add_service_commands(sub: Any) -> None:
                        help="send each hit's stored `source` (its path relative to the ingested archive, or a hash "
                             "of it for DICOM) to clients; off by default, since paths can name patients")
     serve.add_argument("--max-top-k", type=int, default=1000, help="largest k a request may ask (default %(default)s)")
-    serve.add_argument("--max-message-mb", type=int, default=256,
-                       help="largest gRPC message in MiB; a full-field mammogram DICOM is ~50-100 MB "
-                            "(default %(default)s)")
-    serve.add_argument("--max-image-mb", type=int, default=256, help="largest query image in MiB")
+    serve.add_argument("--max-message-mb", type=int, default=64,
+                       help="largest gRPC message in MiB; a 4096x4096 16-bit DICOM is 32 MiB (default %(default)s)")
+    serve.add_argument("--max-image-mb", type=int, default=64,
+                       help="largest query image in MiB (default %(default)s)")
+    serve.add_argument("--max-image-pixels", type=int, default=64 * 1024 * 1024,
+                       help="largest query image in pixels per frame, checked from its header before decoding "
+                            "(default %(default)s = 8192^2)")
+    serve.add_argument("--decode-memory-budget-mb", type=int, default=1024,
+                       help="memory all query decodes in flight may take, estimated from each image's header; a "
+                            "request over it gets RESOURCE_EXHAUSTED at once (default %(default)s)")
     serve.add_argument("--prefilter-min-confidence", type=float, default=0.5,
                        help="predicted-class prefilter: below this probability search the whole collection "
                             "(default %(default)s)")

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cbmir.services.embedding.declared import DeclaredSizeError, check_deflated_dicom, max_inflated_bytes
+
 MAX_IMAGE_PIXELS: int = 200_000_000
 """Per-frame pixel limit, checked from the header before any pixel data is decoded.
 
@@ -307,6 +309,10 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool) -> DecodedImage:
     from pydicom.errors import InvalidDicomError
 
     not_image = "not an image (unrecognised format)"
+    try:
+        check_deflated_dicom(data, max_inflated_bytes(max_pixels))  # pydicom would inflate it all, unbounded
+    except DeclaredSizeError as exc:
+        raise ImageDecodeError(str(exc)) from None
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
@@ -14,8 +15,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cbmir.services.embedding import EmbeddingModel, ImageDecodeError
+from cbmir.services.embedding.declared import DeclaredSizeError, declared_size
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
 from cbmir.services.embedding.preprocess import decode_resized
+from cbmir.services.query.admission import DEFAULT_DECODE_BUDGET_BYTES, BudgetExceeded, DecodeBudget
 from cbmir.services.quoting import shown
 from cbmir.services.store import (
     CollectionInfo,
@@ -33,7 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_MAX_TOP_K = 1000
-DEFAULT_MAX_IMAGE_BYTES = 256 * 1024 * 1024  # a full-field mammogram DICOM is ~50-100 MB
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a 4096^2 16-bit DICOM is 32 MiB; a full-field mammogram ~27 MiB
+DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 8192^2 per frame: above any clinical radiograph or mammogram
 DEFAULT_MIN_CONFIDENCE = 0.5
 DEFAULT_K_PREP = 10  # seed 003's k_prep
 RERANK_DESCRIPTORS = tuple(DESCRIPTORS)
@@ -41,6 +45,7 @@ RERANK_DESCRIPTORS = tuple(DESCRIPTORS)
 
 class Rejection(Enum):
     INVALID = "invalid argument"
+    RESOURCE = "resource exhausted"
     NOT_FOUND = "not found"
     PRECONDITION = "failed precondition"
     UNAVAILABLE = "unavailable"
@@ -100,6 +105,8 @@ class RetrievalEngine:
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
         return_source: bool = False,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        decode_budget_bytes: int = DEFAULT_DECODE_BUDGET_BYTES,
     ) -> None:
         self.store = store
         self.model = model
@@ -109,6 +116,8 @@ class RetrievalEngine:
         self.min_confidence = min_confidence
         # A hit's `source` (where the image came from) is the operator's to reveal: paths can name patients.
         self.return_source = return_source
+        self.max_image_pixels = max_image_pixels
+        self.decode_budget = DecodeBudget(decode_budget_bytes)
         self.classes: list[str] | None = getattr(model, "classes", None)
         self._model_json = model.identity.to_json()
         self._checked: dict[str, int] = {}  # collection → dim, for collections of this model
@@ -225,9 +234,11 @@ class RetrievalEngine:
 
         if query.image is not None:
             t = time.perf_counter()
+            size = self.model.preprocessing.input_size
             try:
-                # The read tasks' own call: same downscale, same resize, same quantisation as the stored vector.
-                pixels = decode_resized(query.image, self.model.preprocessing.input_size).pixels
+                with self._admitted(query.image, size):
+                    # The read tasks' own call: same downscale, same resize, same quantisation as the stored vector.
+                    pixels = decode_resized(query.image, size, max_pixels=self.max_image_pixels).pixels
             except ImageDecodeError as error:
                 raise QueryRejected(Rejection.INVALID, f"cannot decode image: {error}") from None
             timings["decode"] = _ms(t)
@@ -310,6 +321,32 @@ class RetrievalEngine:
         filters[LABEL] = chosen
         result.prefilter_applied = True
         result.prefilter_note = f"searched only label {shown(chosen)} ({note})"
+
+    @contextlib.contextmanager
+    def _admitted(self, image: bytes, size: int) -> Iterator[None]:
+        """Refuse from the header what is over the pixel limit, then hold its decode cost in the budget."""
+        try:
+            declared = declared_size(image, max_pixels=self.max_image_pixels, min_size=2 * size)
+        except DeclaredSizeError as error:
+            raise QueryRejected(Rejection.INVALID, f"cannot decode image: {error}") from None
+        if declared is None:  # not a format we can size from a header: the decoder refuses it
+            yield
+            return
+        if declared.pixels > self.max_image_pixels:
+            raise QueryRejected(Rejection.INVALID, f"image is {declared.width}x{declared.height} pixels, over the "
+                                                   f"limit of {self.max_image_pixels} pixels per image")
+        if declared.decode_bytes > self.decode_budget.max_bytes:
+            raise QueryRejected(Rejection.INVALID, f"decoding this image needs ~{declared.decode_bytes / 2**20:.0f} "
+                                                   f"MiB, over the server's whole decode budget of "
+                                                   f"{self.decode_budget.max_bytes / 2**20:.0f} MiB")
+        try:
+            self.decode_budget.acquire(declared.decode_bytes)
+        except BudgetExceeded as error:
+            raise QueryRejected(Rejection.RESOURCE, str(error)) from None
+        try:
+            yield
+        finally:
+            self.decode_budget.release(declared.decode_bytes)
 
     def _rerank(self, collection: str, query: SearchQuery, hits: list[Hit], pixels: np.ndarray | None) -> list[Hit]:
         """Re-order CNN candidates by descriptor L1 distance (seed 003); candidates without one go last."""

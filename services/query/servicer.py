@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 STATUS_OF = {
     Rejection.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Rejection.RESOURCE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Rejection.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Rejection.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Rejection.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
