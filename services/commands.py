@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.query.metrics import serve_metrics
     from cbmir.services.query.server import serve_forever, start_server
     from cbmir.services.store import MilvusStore
+    from cbmir.services.store.lite_limit import warn_if_past_lite_limit
 
     options = _server_options(args)
     store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout)
@@ -42,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_image_bytes=args.max_image_mb * 1024 * 1024,
                              min_confidence=args.prefilter_min_confidence)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
+    warn_if_past_lite_limit(store, args.collection)
     warm_ms = engine.warm_up()
     if args.id_salt:
         store.check_id_salt(args.collection, id_salt_digest(args.id_salt))

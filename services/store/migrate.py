@@ -20,8 +20,9 @@ from typing import Any
 from pymilvus import DataType, MilvusClient
 
 from cbmir.services.store import schema
+from cbmir.services.store.defaults import is_server_uri
 from cbmir.services.store.index import choose_index
-from cbmir.services.store.milvus import CollectionNotFoundError, MilvusStore, StoreError, is_server_uri
+from cbmir.services.store.milvus import CollectionNotFoundError, MilvusStore, StoreError
 
 log = logging.getLogger(__name__)
 

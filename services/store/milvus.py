@@ -18,7 +18,7 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from cbmir.services.store import schema
-from cbmir.services.store.defaults import DEFAULT_URI
+from cbmir.services.store.defaults import DEFAULT_URI, is_server_uri
 from cbmir.services.store.filters import build_filter_expression, ids_expression
 from cbmir.services.store.index import IndexConfig, choose_index, search_params_for
 
@@ -89,10 +89,6 @@ class CollectionInfo:
     index_params: dict[str, Any]
     row_count: int
     filter_fields: tuple[str, ...] = field(default=schema.FILTER_FIELDS)
-
-
-def is_server_uri(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
 def _unavailable(uri: str, error: Exception) -> StoreUnavailableError:
