@@ -143,11 +143,11 @@ def _migrate_one(source: MilvusStore, target: MilvusStore, name: str, batch_rows
         for page in _pages(source, name, fields, batch_rows):
             rows = page
             if not overwrite:
-                present = target.existing_ids(name, [row[schema.ID] for row in page])
+                present = target.existing_ids(name, [row[schema.ID] for row in page], consistency_level="Session")
                 rows = [row for row in page if row[schema.ID] not in present]
                 result.skipped_present += len(page) - len(rows)
             if rows:
-                result.copied += target.upsert(name, [_plain(row, fields) for row in rows])
+                result.copied += target.upsert(name, [_plain(row, fields) for row in rows], absent=not overwrite)
             bar.update(len(page))
             bar.set_postfix(copied=result.copied, present=result.skipped_present, refresh=False)
     target.flush(name)

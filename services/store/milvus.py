@@ -320,15 +320,22 @@ class MilvusStore:
 
     # -- writes --------------------------------------------------------------------------------------
 
-    def upsert(self, name: str, batch: pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]]) -> int:
-        """Insert-or-replace by id: writing the same image twice leaves one row. Retries transient errors."""
+    def upsert(self, name: str, batch: pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]],
+               absent: bool = False) -> int:
+        """Insert-or-replace by id: writing the same image twice leaves one row. Retries transient errors.
+
+        `absent`: the caller has just checked that none of these ids is stored, so a plain insert does.
+        """
         rows = rows_from_arrow(batch) if isinstance(batch, pa.RecordBatch | pa.Table) else list(batch)
         if not rows:
             return 0
         delay = 0.5
         for attempt in range(1, UPSERT_RETRIES + 1):
             try:
-                self._write(name, rows)
+                if absent:
+                    self._call(self.client.insert, name, rows)
+                else:
+                    self._write(name, rows)
                 return len(rows)
             except StoreUnavailableError as error:  # unreachable or busy (quota, rate limit): both pass
                 if attempt == UPSERT_RETRIES:
@@ -401,13 +408,16 @@ class MilvusStore:
 
     # -- reads ---------------------------------------------------------------------------------------
 
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+    def existing_ids(self, name: str, ids: Sequence[str], consistency_level: str | None = None) -> set[str]:
+        """The ids of `ids` stored in `name`; "Session" skips a server's wait for the next time tick (~200 ms)
+        and still sees this client's own writes."""
         found: set[str] = set()
         unique = sorted(set(ids))
+        extra = {"consistency_level": consistency_level} if consistency_level else {}
         for start in range(0, len(unique), ID_QUERY_CHUNK):
             chunk = unique[start:start + ID_QUERY_CHUNK]
             result = self._call_loaded(name, self.client.query, name, filter=ids_expression(chunk),
-                                       output_fields=[schema.ID])
+                                       output_fields=[schema.ID], **extra)
             found.update(r[schema.ID] for r in result)
         return found
 
