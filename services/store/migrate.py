@@ -137,10 +137,12 @@ def _migrate_one(source: MilvusStore, target: MilvusStore, name: str, batch_rows
                                             "rows": result.source_rows, "dim": dim,
                                             "created_target": result.created_target})
     fields = [f["name"] for f in described["fields"]]
+    seen: list[str] = []  # every source id, checked against the target at the end (no second pass over Lite)
     started = time.perf_counter()
     with tqdm(total=result.source_rows, unit="row", file=sys.stderr, disable=not progress,
               desc=f"migrate {name}") as bar:
         for page in _pages(source, name, fields, batch_rows):
+            seen.extend(row[schema.ID] for row in page)
             rows = page
             if not overwrite:
                 present = target.existing_ids(name, [row[schema.ID] for row in page], consistency_level="Session")
@@ -154,7 +156,7 @@ def _migrate_one(source: MilvusStore, target: MilvusStore, name: str, batch_rows
     result.seconds = round(time.perf_counter() - started, 3)
     result.rows_per_s = round(result.source_rows / result.seconds, 1) if result.seconds else 0.0
     result.target_rows_after = target.count(name)
-    result.missing_after = _missing_ids(source, target, name, batch_rows * 10)
+    result.missing_after = _missing_ids(target, name, seen) + max(0, result.source_rows - len(seen))
     log.info("migrated collection" if result.complete else "migration incomplete",
              extra={"collection" if k == "name" else k: v for k, v in asdict(result).items() if k != "index"})
     return result
@@ -174,17 +176,9 @@ def _pages(store: MilvusStore, name: str, fields: list[str], batch_rows: int) ->
         iterator.close()
 
 
-def _missing_ids(source: MilvusStore, target: MilvusStore, name: str, batch_rows: int) -> int:
-    missing = 0
-    chunk: list[str] = []
-    for row_id in source.iter_ids(name, batch_size=batch_rows):
-        chunk.append(row_id)
-        if len(chunk) >= batch_rows:
-            missing += len(chunk) - len(target.existing_ids(name, chunk))
-            chunk = []
-    if chunk:
-        missing += len(chunk) - len(target.existing_ids(name, chunk))
-    return missing
+def _missing_ids(target: MilvusStore, name: str, ids: list[str]) -> int:
+    """How many of `ids` the target lacks (read at the collection's own consistency: Strong for cbmir's)."""
+    return len(set(ids)) - len(target.existing_ids(name, ids))
 
 
 def _plain(row: Any, fields: list[str]) -> dict[str, Any]:
