@@ -10,9 +10,10 @@ from cbmir.services.store.defaults import is_server_uri
 log = logging.getLogger(__name__)
 
 P99_TARGET_MS = 50.0
-# Measured: docs/records/bench/search-lite-crossover-20261204.json (`cbmir bench search --engines lite
-# --index-types HNSW --dim 1280`, single client, ingest's default index and ef), the largest size whose p99 was
-# still within P99_TARGET_MS; docs/benchmarks.md "Where Milvus Lite stops serving" has the table.
+# Measured with `cbmir bench search --engines lite --index-types HNSW --dim 1280 --clients 1` at ingest's HNSW ef
+# (records docs/records/bench/search-lite-crossover-*20261204*.json; docs/benchmarks.md "Where Milvus Lite stops
+# serving"): the largest size whose median stayed within P99_TARGET_MS. Provisional: the machine was loaded, so
+# p99 exceeded it at every size; re-run on an idle machine and set the largest N whose p99 <= P99_TARGET_MS.
 LITE_MAX_SERVING_ROWS = 20_000
 SERVER_COMMAND = "cbmir milvus-server --data ./milvus-data --port 19530"
 
