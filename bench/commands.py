@@ -1,4 +1,5 @@
-"""`cbmir bench ...` subcommands: search (latency / QPS / recall vs size per engine and index) and vectors."""
+"""`cbmir bench ...` subcommands: search (latency / QPS / recall vs size per engine and index), vectors, query,
+ingest, migrate."""
 
 from __future__ import annotations
 
@@ -135,6 +136,24 @@ def cmd_bench_server_breakdown(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_migrate(args: argparse.Namespace) -> int:
+    """`cbmir migrate` rows/s from a Milvus Lite file of synthetic CNN-like vectors to a real Milvus server."""
+    from cbmir.bench import run_record
+    from cbmir.bench.migrate import MigrateBenchConfig, migrate_plot, migrate_table, run_migrate_bench
+
+    out_dir = _out_dir(args.out)
+    config = MigrateBenchConfig(sizes=args.sizes, dim=args.dim, batch_rows=args.batch_rows, seed=args.seed,
+                                workdir=str(out_dir / "work"), server_uri=args.server_uri)
+    print(f"cbmir bench migrate -> {out_dir}  sizes={list(config.sizes)} dim={config.dim}", flush=True)
+    record = {"machine": run_record.machine(), "versions": run_record.versions(),
+              **run_migrate_bench(config, progress=lambda line: print(line, flush=True))}
+    record["machine"]["load_average_after"] = run_record.machine()["load_average"]
+    import shutil
+
+    shutil.rmtree(out_dir / "work", ignore_errors=True)
+    return _write_outputs(record, out_dir / "migrate.json", migrate_plot, migrate_table)
+
+
 def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
                    table: Callable[[dict[str, Any]], str]) -> int:
     """A benchmark's three outputs: its JSON record, its PNG plot beside it, its table on stdout."""
@@ -259,3 +278,17 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     ingest.add_argument("--log-level", default="WARNING")
     ingest.add_argument("--log-json", action="store_true")
     ingest.set_defaults(func=cmd_bench_ingest)
+
+    mig = bench_sub.add_parser("migrate", help="cbmir migrate rows/s, Milvus Lite -> a real Milvus server",
+                               description="Fill a Milvus Lite file with N synthetic CNN-like vectors, start a Milvus "
+                                           "server on 127.0.0.1 (or use --server-uri), migrate, check every id "
+                                           "arrived, then re-run (it must copy nothing).")
+    mig.add_argument("--sizes", type=_ints, default=(20_000,), help="rows, comma list (default 20000)")
+    mig.add_argument("--dim", type=int, default=1280, help="vector dim (default %(default)s)")
+    mig.add_argument("--batch-rows", type=int, default=1000, help="rows per page and write (default %(default)s)")
+    mig.add_argument("--server-uri", default="", help="migrate into this Milvus server instead of starting one")
+    mig.add_argument("--seed", type=int, default=0)
+    mig.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    mig.add_argument("--log-level", default="WARNING")
+    mig.add_argument("--log-json", action="store_true")
+    mig.set_defaults(func=cmd_bench_migrate)

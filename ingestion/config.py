@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cbmir.services.store import DEFAULT_COLLECTION, DEFAULT_URI
+from cbmir.services.store.lite_limit import LITE_MAX_SERVING_ROWS
 
 # Listed items the driver holds as Python objects at a time, and the most per Ray input block: the listing is
 # streamed in chunks of this size, never held whole.
@@ -49,6 +50,7 @@ class IngestConfig:
     # Class folders as labels: auto = yes unless the tree holds DICOM (folders there are patients, not classes).
     folder_labels: str = "auto"
     tta: bool = False  # test-time augmentation: average each vector over the image and its mirror (2x embed cost)
+    lite_max_serving_rows: int = LITE_MAX_SERVING_ROWS  # past it on Milvus Lite, warn: move to a server
 
     def __post_init__(self) -> None:
         if self.actors < 1:

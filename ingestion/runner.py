@@ -45,6 +45,7 @@ from cbmir.ingestion.sources import scan_source
 from cbmir.services.embedding import id_salt_digest
 from cbmir.services.embedding.descriptors import DESCRIPTORS
 from cbmir.services.store import MilvusStore, ModelMismatchError, choose_index
+from cbmir.services.store.lite_limit import warn_if_past_lite_limit
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
             finished = time.perf_counter()
         report.stage_seconds["write"] = round(sink.seconds, 3)
         report.row_count_after = store.count(config.collection)
+        warn_if_past_lite_limit(store, config.collection, config.lite_max_serving_rows, rows=report.row_count_after)
     finally:
         store.close()
     report.seconds = round(time.perf_counter() - started, 3)

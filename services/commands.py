@@ -1,4 +1,4 @@
-"""The query side's subcommands: `cbmir serve`, `cbmir search`, `cbmir info`, `cbmir milvus-server`."""
+"""The query side's subcommands: `cbmir serve`, `cbmir search`, `cbmir info`, `cbmir migrate`, `cbmir milvus-server`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from cbmir.services.flags import (
     add_store_flags,
     load_model_for,
 )
+from cbmir.services.store.defaults import DEFAULT_COLLECTION
 from cbmir.services.store.milvus_server import add_milvus_server_parser
 
 
@@ -41,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.query.server import serve_forever, start_server
     from cbmir.services.query.tls import is_loopback
     from cbmir.services.store import MilvusStore
+    from cbmir.services.store.lite_limit import warn_if_past_lite_limit
 
     options = _server_options(args)
     store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout,
@@ -52,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_image_pixels=args.max_image_pixels,
                              decode_budget_bytes=args.decode_memory_budget_mb * 1024 * 1024)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
+    warn_if_past_lite_limit(store, args.collection)
     warm_ms = engine.warm_up()
     if args.id_salt:
         store.check_id_salt(args.collection, id_salt_digest(args.id_salt))
@@ -160,8 +163,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from cbmir.services.store.migrate import migrate, open_store
+
+    source = open_store(args.source, token=args.from_token, must_exist=True)
+    target = open_store(args.target, token=args.to_token)
+    try:
+        report = migrate(source, target, args.collection, batch_rows=args.batch_rows,
+                         companions=not args.no_companions, overwrite=args.overwrite, progress=not args.no_progress)
+    finally:
+        source.close()
+        target.close()
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    print(report.summary())
+    if not report.complete:
+        return 1
+    print(f"serve it with: cbmir serve --milvus-uri {args.target} --collection {args.collection}")
+    return 0
+
+
 def add_service_commands(sub: Any) -> None:
-    """Register serve, search, info and milvus-server on the `cbmir` subparsers."""
+    """Register serve, search, info, migrate and milvus-server on the `cbmir` subparsers."""
     serve = sub.add_parser("serve", help="run the gRPC query service",
                            description="Serve RetrievalService, gRPC health checking and reflection, "
                                        "and Prometheus metrics.")
@@ -266,5 +289,29 @@ def add_service_commands(sub: Any) -> None:
     info.add_argument("--only", action="store_true", help="describe only --collection")
     add_logging_flags(info)
     info.set_defaults(func=cmd_info)
+
+    migrate = sub.add_parser(
+        "migrate", help="copy a collection from one Milvus to another (Milvus Lite file -> server)",
+        description="Copy a collection with its schema (partition key, dim), index, model identity and every row "
+                    "(vectors and fields), plus its re-ranking companions (<collection>__hog). Ids already in the "
+                    "target are skipped: re-running adds nothing and resumes an interrupted copy. Ends by checking "
+                    "that every source id is in the target.")
+    migrate.add_argument("--from", dest="source", required=True, metavar="URI_OR_FILE",
+                         help="source: a Milvus Lite file (./cbmir.db) or a server URI")
+    migrate.add_argument("--to", dest="target", required=True, metavar="URI",
+                         help="target: a server URI such as http://127.0.0.1:19530 (or another .db file)")
+    migrate.add_argument("--collection", default=DEFAULT_COLLECTION, help="collection (default %(default)s)")
+    add_secret_flags(migrate, "--from-token", "CBMIR_MIGRATE_FROM_TOKEN", "source server token user:password")
+    add_secret_flags(migrate, "--to-token", "CBMIR_MILVUS_TOKEN", "target server token user:password")
+    migrate.add_argument("--batch-rows", type=int, default=1000,
+                         help="rows per page read and per write (default %(default)s)")
+    migrate.add_argument("--overwrite", action="store_true",
+                         help="rewrite ids the target already holds (default: skip them)")
+    migrate.add_argument("--no-companions", action="store_true",
+                         help="leave out the <collection>__<kind> re-ranking descriptor collections")
+    migrate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    migrate.add_argument("--report", default=None, metavar="PATH", help="also write the report as JSON")
+    add_logging_flags(migrate)
+    migrate.set_defaults(func=cmd_migrate)
 
     add_milvus_server_parser(sub)

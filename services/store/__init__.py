@@ -6,17 +6,18 @@ that only parses flags or talks gRPC (`cbmir search`) never pays for it.
 
 from importlib import import_module
 
-from cbmir.services.store.defaults import DEFAULT_COLLECTION, DEFAULT_URI
+from cbmir.services.store.defaults import DEFAULT_COLLECTION, DEFAULT_URI, is_server_uri
 from cbmir.services.store.index import INDEX_TYPES, METRICS, IndexConfig, choose_index
 
 _LAZY = {
     "InvalidFilterError": "filters", "build_filter_expression": "filters",
     "CollectionInfo": "milvus", "CollectionNotFoundError": "milvus", "Hit": "milvus", "MilvusStore": "milvus",
     "ModelMismatchError": "milvus", "StoreBusyError": "milvus", "StoreError": "milvus",
-    "StoreUnavailableError": "milvus", "is_server_uri": "milvus",
+    "StoreUnavailableError": "milvus",
 }
 
-__all__ = ["DEFAULT_COLLECTION", "DEFAULT_URI", "INDEX_TYPES", "METRICS", "IndexConfig", "choose_index", *_LAZY]
+__all__ = ["DEFAULT_COLLECTION", "DEFAULT_URI", "INDEX_TYPES", "METRICS", "IndexConfig", "choose_index",
+           "is_server_uri", *_LAZY]
 
 
 def __getattr__(name: str) -> object:

@@ -18,7 +18,7 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from cbmir.services.store import schema
-from cbmir.services.store.defaults import DEFAULT_URI
+from cbmir.services.store.defaults import DEFAULT_URI, is_server_uri
 from cbmir.services.store.filters import build_filter_expression, ids_expression
 from cbmir.services.store.index import IndexConfig, choose_index, search_params_for
 
@@ -97,10 +97,6 @@ class CollectionInfo:
     index_params: dict[str, Any]
     row_count: int
     filter_fields: tuple[str, ...] = field(default=schema.FILTER_FIELDS)
-
-
-def is_server_uri(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
 def _unavailable(uri: str, error: Exception) -> StoreUnavailableError:
@@ -353,15 +349,22 @@ class MilvusStore:
 
     # -- writes --------------------------------------------------------------------------------------
 
-    def upsert(self, name: str, batch: pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]]) -> int:
-        """Insert-or-replace by id: writing the same image twice leaves one row. Retries transient errors."""
+    def upsert(self, name: str, batch: pa.RecordBatch | pa.Table | Sequence[Mapping[str, Any]],
+               absent: bool = False) -> int:
+        """Insert-or-replace by id: writing the same image twice leaves one row. Retries transient errors.
+
+        `absent`: the caller has just checked that none of these ids is stored, so a plain insert does.
+        """
         rows = rows_from_arrow(batch) if isinstance(batch, pa.RecordBatch | pa.Table) else list(batch)
         if not rows:
             return 0
         delay = 0.5
         for attempt in range(1, UPSERT_RETRIES + 1):
             try:
-                self._write(name, rows)
+                if absent:
+                    self._call(self.client.insert, name, rows)
+                else:
+                    self._write(name, rows)
                 return len(rows)
             except StoreUnavailableError as error:  # unreachable or busy (quota, rate limit): both pass
                 if attempt == UPSERT_RETRIES:
@@ -434,13 +437,16 @@ class MilvusStore:
 
     # -- reads ---------------------------------------------------------------------------------------
 
-    def existing_ids(self, name: str, ids: Sequence[str]) -> set[str]:
+    def existing_ids(self, name: str, ids: Sequence[str], consistency_level: str | None = None) -> set[str]:
+        """The ids of `ids` stored in `name`; "Session" skips a server's wait for the next time tick (~200 ms)
+        and still sees this client's own writes."""
         found: set[str] = set()
         unique = sorted(set(ids))
+        extra = {"consistency_level": consistency_level} if consistency_level else {}
         for start in range(0, len(unique), ID_QUERY_CHUNK):
             chunk = unique[start:start + ID_QUERY_CHUNK]
             result = self._call_loaded(name, self.client.query, name, filter=ids_expression(chunk),
-                                       output_fields=[schema.ID])
+                                       output_fields=[schema.ID], **extra)
             found.update(r[schema.ID] for r in result)
         return found
 

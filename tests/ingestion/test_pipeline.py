@@ -233,3 +233,15 @@ def test_missing_weights_file_fails_with_the_model_loaders_message(ray_local: No
 
     with pytest.raises(WeightsError, match="weights file not found"):
         run_ingestion(config)
+
+
+def test_ingest_past_the_lite_serving_limit_warns_with_the_way_to_a_server(
+        ray_local: None, breastmnist_png_archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    config = _config(breastmnist_png_archive, tmp_path / "small.db", limit=6, lite_max_serving_rows=3)
+    report = run_ingestion(config)
+    warnings = [r for r in caplog.records if r.name.endswith("lite_limit")]
+    assert len(warnings) == 1 and warnings[0].rows == report.row_count_after > 3
+    assert "cbmir migrate --from" in warnings[0].getMessage()
