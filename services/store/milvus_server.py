@@ -365,10 +365,13 @@ def run_foreground(data_dir: str | None, port: int | None, settings: dict[str, s
 
 def add_milvus_server_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
     parser = sub.add_parser(
-        "milvus-server", help="run a real Milvus 2.3 standalone on 127.0.0.1 in the foreground (Ctrl-C stops it)",
-        description="Start the Milvus standalone of the PyPI package `milvus` with every port on 127.0.0.1 "
-                    "(free ones unless --port), wait until it serves, print its URI for --milvus-uri, and run "
-                    "until Ctrl-C, then stop it and its whole process group.")
+        "milvus-server", help="run a real Milvus 2.3 standalone for this machine in the foreground (Ctrl-C stops it)",
+        description="Start the Milvus standalone of the PyPI package `milvus` (free ports unless --port), wait until "
+                    "it serves, print its URI for --milvus-uri, and run until Ctrl-C, then stop it and its whole "
+                    "process group. Its components advertise 127.0.0.1 and its embedded etcd listens on 127.0.0.1 "
+                    "only, but Milvus 2.3 has no listen-address setting (milvus-io/milvus#26538): its gRPC, "
+                    "metrics and healthz ports listen on every interface. On a shared network, firewall them or "
+                    "run it in a pod (docs/reliability.md).")
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="data directory kept after exit (default: a temporary one, removed at exit)")
     parser.add_argument("--port", type=int, default=None, help="client port (default: a free one; 19530 is usual)")
