@@ -134,7 +134,7 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args.out)
     config = DecodeBenchConfig(source=args.source, images_per_format=args.images,
                                agreement_per_format=args.agreement_images, processes=args.processes,
-                               backbone=args.backbone)
+                               backbone=args.backbone, parallel_all=args.parallel_all)
     print(f"cbmir bench decode -> {out_dir}  source={args.source}", flush=True)
     record = {"machine": run_record.machine(), "versions": run_record.versions(),
               **run_decode_bench(config, progress=lambda line: print(line, flush=True))}
@@ -279,6 +279,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     decode.add_argument("--agreement-images", type=int, default=5,
                         help="images per format for the embedding agreement (default %(default)s)")
     decode.add_argument("--processes", type=int, default=0, help="processes for img/s (default: one per core)")
+    decode.add_argument("--parallel-all", action="store_true",
+                        help="img/s per core for every candidate (default: cbmir's decoder and the fastest one)")
     decode.add_argument("--backbone", default="efficientnet_lite0", help="model of the agreement check")
     decode.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
     decode.add_argument("--log-level", default="WARNING")
