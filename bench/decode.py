@@ -329,16 +329,16 @@ def _size_of(data: bytes) -> tuple[int, int]:
 
 def _agreement(model: Any, outputs: dict[tuple[str, str], list[np.ndarray]]) -> dict[tuple[str, str], dict[str, Any]]:
     """Median / min cosine of each candidate's embeddings to the reference's, image by image."""
+    def unit(images: list[np.ndarray]) -> np.ndarray:
+        e = model.embed(images)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
     out = {}
+    references = {fmt: unit(images) for (fmt, name), images in outputs.items() if name == REFERENCE}
     for (fmt, name), images in outputs.items():
-        ref = outputs.get((fmt, REFERENCE))
-        if not ref:
+        if fmt not in references:
             continue
-        a = model.embed(ref)
-        b = model.embed(images)
-        a = a / np.linalg.norm(a, axis=1, keepdims=True)
-        b = b / np.linalg.norm(b, axis=1, keepdims=True)
-        cos = (a * b).sum(axis=1)
+        cos = (references[fmt] * unit(images)).sum(axis=1)
         out[(fmt, name)] = {"cosine_median": float(np.median(cos)), "cosine_min": float(cos.min()),
                             "agreement_images": len(cos)}
     return out
