@@ -153,6 +153,33 @@ def cmd_bench_migrate(args: argparse.Namespace) -> int:
     shutil.rmtree(out_dir / "work", ignore_errors=True)
     return _write_outputs(record, out_dir / "migrate.json", migrate_plot, migrate_table)
 
+def cmd_bench_corpus(args: argparse.Namespace) -> int:
+    """Write the clinical-size speed corpus (resumable)."""
+    from cbmir.bench.corpus import build_corpus
+
+    out = Path(args.out)
+    print(f"cbmir bench corpus -> {out}  count={args.count} seed={args.seed}", flush=True)
+    report = build_corpus(out, count=args.count, seed=args.seed, data=Path(args.data), workers=args.workers or None,
+                          formats=args.formats)
+    print(f"wrote {report.written} image(s), kept {report.skipped} already there; manifest {out / 'manifest.csv'}")
+    return 0
+
+
+def cmd_bench_decode(args: argparse.Namespace) -> int:
+    """Decoder candidates per format: ms/image, images/s one process per core, embedding agreement."""
+    from cbmir.bench import run_record
+    from cbmir.bench.decode import DecodeBenchConfig, decode_plot, decode_table, run_decode_bench
+
+    out_dir = _out_dir(args.out)
+    config = DecodeBenchConfig(source=args.source, images_per_format=args.images,
+                               agreement_per_format=args.agreement_images, processes=args.processes,
+                               backbone=args.backbone, parallel_all=args.parallel_all)
+    print(f"cbmir bench decode -> {out_dir}  source={args.source}", flush=True)
+    record = {"machine": run_record.machine(), "versions": run_record.versions(),
+              **run_decode_bench(config, progress=lambda line: print(line, flush=True))}
+    record["machine"]["load_average_after"] = run_record.machine()["load_average"]
+    return _write_outputs(record, out_dir / "decode.json", decode_plot, decode_table)
+
 
 def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
                    table: Callable[[dict[str, Any]], str]) -> int:
@@ -292,3 +319,44 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--log-level", default="WARNING")
     mig.add_argument("--log-json", action="store_true")
     mig.set_defaults(func=cmd_bench_migrate)
+
+    from cbmir.bench.corpus import FORMAT_NAMES, SHARED_DATA
+
+    corpus = bench_sub.add_parser(
+        "corpus", help="write a clinical-size SPEED corpus: JPEG, 16-bit PNG, DICOM (uncompressed, JPEG, JPEG-LS, "
+                       "JPEG 2000)",
+        description="Upscale the real images on disk (MIAS, brain MRI, pydicom's DICOM test files) to 2400x3000 .. "
+                    "3328x4096 and re-encode them; deterministic for a seed, resumable (files already there are "
+                    "kept). Writes DIR/images/, DIR/manifest.csv (path,label,format,width,height,bits,source) and "
+                    "DIR/README.md. For speed benchmarks only: the pixels are upscaled, the labels inherited.")
+    corpus.add_argument("--out", required=True, help="corpus directory")
+    corpus.add_argument("--count", type=int, default=500, help="images (default %(default)s)")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--data", default=str(SHARED_DATA), help="shared data folder with mias/ and brain-mri/ "
+                                                                 "(default %(default)s)")
+    corpus.add_argument("--formats", type=_words, default=FORMAT_NAMES,
+                        help=f"comma list (default all: {','.join(FORMAT_NAMES)})")
+    corpus.add_argument("--workers", type=int, default=0, help="encoding processes (default: one per core)")
+    corpus.add_argument("--log-level", default="WARNING")
+    corpus.add_argument("--log-json", action="store_true")
+    corpus.set_defaults(func=cmd_bench_corpus)
+
+    decode = bench_sub.add_parser(
+        "decode", help="decoder candidates per format: ms/image, images/s per core, embedding agreement",
+        description="For each format of a corpus (`cbmir bench corpus`; or any folder, by suffix): ms/image to a "
+                    "224x224 input for cbmir's decoder (what ingest does) and each installed alternative (Pillow "
+                    "full / draft / reduce, simplejpeg, pydicom and its plugins, JPEG 2000 resolution levels), "
+                    "images/s with one process per core, and the median / min cosine of each candidate's embeddings "
+                    "to cbmir's. Writes results/bench/<timestamp>/decode.json, a PNG and a table.")
+    decode.add_argument("--source", required=True, help="corpus folder (manifest.csv with a format column)")
+    decode.add_argument("--images", type=int, default=12, help="images timed per format (default %(default)s)")
+    decode.add_argument("--agreement-images", type=int, default=5,
+                        help="images per format for the embedding agreement (default %(default)s)")
+    decode.add_argument("--processes", type=int, default=0, help="processes for img/s (default: one per core)")
+    decode.add_argument("--parallel-all", action="store_true",
+                        help="img/s per core for every candidate (default: cbmir's decoder and the fastest one)")
+    decode.add_argument("--backbone", default="efficientnet_lite0", help="model of the agreement check")
+    decode.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    decode.add_argument("--log-level", default="WARNING")
+    decode.add_argument("--log-json", action="store_true")
+    decode.set_defaults(func=cmd_bench_decode)

@@ -37,12 +37,27 @@ def test_query_bench_times_every_stage_of_real_grpc_queries(ray_local, breastmni
 def test_ingest_bench_compares_the_pipeline_with_the_bare_model(ray_local, breastmnist_png_archive: Path,
                                                                 tmp_path: Path) -> None:
     config = IngestBenchConfig(source=str(breastmnist_png_archive), split="train", actors=(1,), batch_sizes=(8,),
-                               limit=24, bare_images=16)
+                               limit=24, bare_images=16, decode_images=8)
     record = run_ingest_bench(config, progress=lambda _: None)
     (run,) = record["runs"]
     assert run["images"] == 24 and run["bare_model_img_s"] > 0
     assert run["ratio_pipeline_to_bare"] == pytest.approx(run["pipeline_img_s"] / run["bare_model_img_s"])
-    assert "bare img/s" in ingest_table(record) and ingest_plot(record, tmp_path).exists()
+
+
+def test_ingest_bench_puts_the_pipeline_beside_the_limit_of_decode_plus_model(ray_local,
+                                                                              breastmnist_png_archive: Path,
+                                                                              tmp_path: Path) -> None:
+    config = IngestBenchConfig(source=str(breastmnist_png_archive), split="train", actors=(1,), batch_sizes=(8,),
+                               limit=16, bare_images=8, decode_images=8)
+    record = run_ingest_bench(config, progress=lambda _: None)
+    (run,) = record["runs"]
+    assert run["bare_decode_img_s"] > 0 and run["bare_decode_img_s"] == record["bare_decode_img_s"]
+    # sharing the cores, one image costs the decode's time plus the model's: the limit is below both
+    assert run["limit_img_s"] == pytest.approx(1 / (1 / run["bare_decode_img_s"] + 1 / run["bare_model_img_s"]))
+    assert run["limit_img_s"] < min(run["bare_decode_img_s"], run["bare_model_img_s"])
+    assert run["ratio_to_limit"] == pytest.approx(run["pipeline_img_s"] / run["limit_img_s"])
+    table = ingest_table(record)
+    assert "bare decode" in table and "to limit" in table and ingest_plot(record, tmp_path).exists()
 
 
 def test_ingest_bench_reads_a_manifest_with_other_column_names(ray_local, patient_archive_writer,
@@ -50,7 +65,7 @@ def test_ingest_bench_reads_a_manifest_with_other_column_names(ray_local, patien
     # A MIAS-like manifest: image,patient_id,tissue (no `label` column), read with ingest's own flags.
     archive = patient_archive_writer(tmp_path / "mias-like", lambda i, labels: ["fatty", "dense"][i % 2], count=12)
     config = IngestBenchConfig(source=str(archive), split=None, actors=(1,), batch_sizes=(4,), limit=12,
-                               bare_images=8, label_column="tissue")
+                               bare_images=8, decode_images=4, label_column="tissue")
     record = run_ingest_bench(config, progress=lambda _: None)
     (run,) = record["runs"]
     assert run["images"] == 12 and run["bare_model_img_s"] > 0
