@@ -193,17 +193,18 @@ def limit_rate(bare_decode_img_s: float, bare_model_img_s: float) -> float:
 
 
 def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[str, Any]:
-    from cbmir.bench.decode import bare_decode_rate, resize_like_ingest
+    from cbmir.bench.decode import INPUT_SIZE, bare_decode_rate
     from cbmir.ingestion import run_ingestion
-    from cbmir.services.embedding import ImageDecodeError, decode_image
+    from cbmir.services.embedding import ImageDecodeError
+    from cbmir.services.embedding.preprocess import decode_resized
 
     paths = query_paths(replace(config, split=None), max(config.bare_images, config.decode_images) * 2)
     decoded, good = [], []
     for path in paths:
         try:
-            # Resized here, once: full-size clinical images would not fit in memory by the hundred, and the
-            # bare model is timed on what it takes (the resize is the decoder's share, in bare_decode_img_s).
-            decoded.append(resize_like_ingest(decode_image(Path(path).read_bytes()).pixels))
+            # What the read tasks hand the model: decoded and resized once (the resize is the decoder's share,
+            # in bare_decode_img_s); full-size clinical images would not fit in memory by the hundred.
+            decoded.append(decode_resized(Path(path).read_bytes(), INPUT_SIZE).pixels)
             good.append(path)
         except ImageDecodeError:
             continue
@@ -211,7 +212,7 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
             break
     decoded = decoded[: config.bare_images]
     bare_decode = bare_decode_rate(good[: config.decode_images])
-    progress(f"bare decode (decode_image + resize, one process per core): {bare_decode:.1f} img/s")
+    progress(f"bare decode (decode_resized, as the read tasks run it, one process per core): {bare_decode:.1f} img/s")
     runs = []
     for batch_size in config.batch_sizes:
         bare = bare_model_rate(decoded, batch_size)
