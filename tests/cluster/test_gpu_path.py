@@ -63,7 +63,9 @@ def test_embedding_actors_are_created_with_the_gpu_share(monkeypatch: pytest.Mon
     config = IngestConfig(source="x", device="cuda", gpus_per_actor=0.5, actors=4)
     plan = plan_resources(16, 4, "cuda", 0.5, node_cpus=[8, 8])
 
-    list(pipeline.embedded_batches([pa.table({"uri": ["a"]})], np.zeros(0, "S64"), config, plan, 224))
+    # 4 batches' worth of rows: the pool is never larger than the batches there are.
+    rows = pa.table({"uri": ["a"] * (4 * config.batch_size)})
+    list(pipeline.embedded_batches([rows], np.zeros(0, "S64"), config, plan, 224))
 
     read, embed = calls
     assert "num_gpus" not in read and read["num_cpus"] == plan.read_cpus  # decoding stays on CPUs
@@ -72,6 +74,10 @@ def test_embedding_actors_are_created_with_the_gpu_share(monkeypatch: pytest.Mon
     assert embed["compute"].min_size == embed["compute"].max_size == 4
     assert embed["fn_constructor_kwargs"]["device"] == "cuda"
     assert embed["fn_constructor_kwargs"]["precision"] == "auto"
+
+    calls.clear()
+    list(pipeline.embedded_batches([pa.table({"uri": ["a"]})], np.zeros(0, "S64"), config, plan, 224))
+    assert calls[1]["compute"].min_size == calls[1]["compute"].max_size == 1  # one row: one actor, not four
 
 
 def test_cuda_resolves_to_fp16_autocast_and_cpu_never_does() -> None:
