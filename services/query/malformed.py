@@ -88,22 +88,17 @@ class MalformedRequestInterceptor(grpc.ServerInterceptor):
 
         parse = _tolerant(handler.request_deserializer)
         serialize = handler.response_serializer
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+        def checked(inner: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+            def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
                 if isinstance(request, MalformedRequest):
                     refuse(request, context)
                 return inner(request, context)
-            return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+            return behaviour
 
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, MalformedRequest):
-                    refuse(request, context)
-                return inner_stream(request, context)
-            return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(checked(handler.unary_unary), parse, serialize)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(checked(handler.unary_stream), parse, serialize)
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
             return grpc.stream_unary_rpc_method_handler(

@@ -35,3 +35,13 @@ def write_patient_archive(root: Path, label_of: Callable[[int, np.ndarray], str]
 def patient_archive_writer() -> Callable[..., Path]:
     """A MIAS-like archive for tests: BreastMNIST PNGs, two per 'patient', manifest image,patient_id,tissue."""
     return write_patient_archive
+
+
+@pytest.fixture(scope="session")
+def speed_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny clinical-size corpus (an image of every format) for the corpus and decode benchmark tests."""
+    from cbmir.bench.corpus import FORMAT_NAMES, build_corpus
+
+    out = tmp_path_factory.mktemp("speed-corpus")
+    build_corpus(out, count=len(FORMAT_NAMES), seed=3, progress=False, workers=2, say=lambda _: None)
+    return out

@@ -4,6 +4,7 @@ second run keeps what the first wrote."""
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,9 @@ pytestmark = pytest.mark.skipif(not (SHARED_DATA / "mias" / "labels.csv").is_fil
                                 reason=f"needs the shared data at {SHARED_DATA}")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("corpus")
-    build_corpus(out, count=len(FORMAT_NAMES), seed=3, progress=False, workers=2, say=lambda _: None)
-    return out
+@pytest.fixture
+def corpus(speed_corpus: Path) -> Path:
+    return speed_corpus
 
 
 def _manifest(out: Path) -> list[dict[str, str]]:
@@ -48,7 +47,8 @@ def test_readme_says_speed_not_quality_and_manifest_labels_come_from_the_sources
     assert all(row["label"] in labels for row in _manifest(corpus))
 
 
-def test_rerun_keeps_the_files_already_written_and_adds_the_missing_ones(corpus: Path) -> None:
+def test_rerun_keeps_the_files_already_written_and_adds_the_missing_ones(corpus: Path, tmp_path: Path) -> None:
+    corpus = Path(shutil.copytree(corpus, tmp_path / "corpus"))  # the shared corpus stays as built
     before = {p.name: p.stat().st_mtime_ns for p in (corpus / "images").iterdir()}
     report = build_corpus(corpus, count=len(FORMAT_NAMES) + 1, seed=3, progress=False, workers=1,
                           say=lambda _: None)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cbmir.bench.corpus import FORMAT_NAMES, SHARED_DATA, build_corpus
+from cbmir.bench.corpus import FORMAT_NAMES, SHARED_DATA
 from cbmir.bench.decode import (
     INPUT_SIZE,
     REFERENCE,
@@ -25,11 +25,9 @@ pytestmark = pytest.mark.skipif(not (SHARED_DATA / "mias" / "labels.csv").is_fil
                                 reason=f"needs the shared data at {SHARED_DATA}")
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("decode-corpus")
-    build_corpus(out, count=len(FORMAT_NAMES), seed=5, progress=False, workers=2, say=lambda _: None)
-    return out
+@pytest.fixture
+def corpus(speed_corpus: Path) -> Path:
+    return speed_corpus
 
 
 def test_every_candidate_gives_the_model_input_close_to_cbmirs_pixels(corpus: Path) -> None:
