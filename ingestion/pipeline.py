@@ -70,7 +70,8 @@ def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: 
 
     Actors hold their CPUs for the whole run. On 2 CPUs, a read task plus two actors at num_cpus=1 needs 3 CPUs
     and deadlocks (the actors wait for batches no read task can run to make), so actors get what the reads
-    leave, fractionally. Reads keep a quarter of the CPUs, at least one (half of one on a single CPU).
+    leave, fractionally. Reads keep a quarter of the CPUs, at least one (half of one on a single CPU), and each
+    read task asks for half a CPU of that budget.
 
     On a cluster (`node_cpus`: the CPUs of each node) the free CPUs are fragmented: two 1-CPU nodes with one
     0.5-CPU actor each have 1 CPU free in all but no node with a whole one, so a read task asking for 1 CPU never
@@ -78,7 +79,9 @@ def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: 
     (actors are spread over nodes), floored at 0.1 CPU.
     """
     read_budget = max(1.0, total_cpus / 4) if total_cpus >= 2 else total_cpus / 2
-    read_cpus = min(1.0, read_budget)
+    # Half a CPU per read task: two decode at once in a budget of one, so a decode-bound archive (clinical-size
+    # JPEG 2000, ~0.3 s an image) keeps both cores of a small machine decoding while the model waits on neither.
+    read_cpus = min(0.5, read_budget)
     actor_cpus = max(0.01, (total_cpus - read_budget) / actors)
     if device == "cuda":
         actor_cpus = min(1.0, actor_cpus)  # a GPU actor only feeds the GPU

@@ -175,7 +175,8 @@ def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: 
 
     With `min_size` > 0 the image comes out no smaller than min_size on either side (or at its own size when it
     is smaller): JPEG is decoded at a reduced DCT scale (Pillow `draft`, libjpeg's own scaling), other Pillow
-    formats are box-reduced by a whole factor right after decoding. DICOM decodes at full size as always.
+    formats are box-reduced by a whole factor right after decoding. A single grey DICOM frame in JPEG baseline or
+    JPEG 2000 decodes at reduced size from its encapsulated frame (Pillow); other DICOM at full size.
     The content key never depends on either: it is the file's SHA-256, or the DICOM SOP Instance UID.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -184,7 +185,7 @@ def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: 
     if not data:
         raise ImageDecodeError("empty input (0 bytes)")
     if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
-        return _decode_dicom(data, max_pixels, force=False)
+        return _decode_dicom(data, max_pixels, force=False, min_size=min_size)
     try:
         return _decode_pillow(data, max_pixels, min_size)
     except _NotPillowFormat:
@@ -304,7 +305,7 @@ def _dicom_str(ds: Any, keyword: str) -> str:
         return ""
 
 
-def _decode_dicom(data: bytes, max_pixels: int, *, force: bool) -> DecodedImage:
+def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 0) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -335,7 +336,7 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool) -> DecodedImage:
 
     _ensure_transfer_syntax(ds)
     try:
-        pixels, _raw, photometric = _dicom_pixels(ds)
+        pixels, _raw, photometric = _dicom_pixels(ds, min_size)
     except ImageDecodeError:
         raise
     except Exception as exc:
@@ -390,14 +391,49 @@ def _ensure_transfer_syntax(ds: Any) -> None:
         meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
 
 
-def _dicom_pixels(ds: Any) -> tuple[np.ndarray, np.ndarray, str]:
+# Single-frame greyscale frames of these syntaxes decode at reduced size with Pillow straight from the encapsulated
+# frame (JPEG: DCT scaling; JPEG 2000: fewer resolution levels), ~20-30x faster than a full decode for 2-4k
+# images; the Modality and VOI LUTs are per pixel, so they apply to the reduced frame as to the full one.
+_REDUCIBLE_SYNTAXES = {"1.2.840.10008.1.2.4.50": "jpeg", "1.2.840.10008.1.2.4.90": "j2k",
+                       "1.2.840.10008.1.2.4.91": "j2k"}
+
+
+def _reduced_frame(ds: Any, min_size: int) -> np.ndarray | None:
+    """The single grey frame decoded at the smallest size still >= min_size a side, or None (not applicable, or
+    the reduced decode failed: the full decode then runs as always)."""
+    try:
+        kind = _REDUCIBLE_SYNTAXES.get(str(ds.file_meta.TransferSyntaxUID))
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if (kind is None or min(rows, cols) < 2 * min_size or int(ds.get("NumberOfFrames", 1) or 1) != 1
+                or int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("PixelRepresentation", 0) or 0) != 0
+                or _dicom_str(ds, "PhotometricInterpretation").upper() not in ("MONOCHROME1", "MONOCHROME2")):
+            return None
+        from pydicom.encaps import generate_frames
+
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        with Image.open(io.BytesIO(frame)) as im:
+            if kind == "jpeg":
+                im.draft(im.mode, (min_size, min_size))
+            else:  # resolution levels: level n decodes at 1 / 2^n a side
+                im.reduce = max(0, (min(rows, cols) // min_size).bit_length() - 1)
+            im.load()
+            raw = np.asarray(im.convert("I") if im.mode.startswith("I;16") else im)
+    except Exception:  # noqa: BLE001 - any surprise here is handled by the full decode
+        return None
+    if raw.ndim != 2 or min(raw.shape) < min_size:
+        return None
+    return raw.astype(np.uint16) if raw.dtype.kind in "iu" and raw.max(initial=0) < 65536 else None
+
+
+def _dicom_pixels(ds: Any, min_size: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """-> (float pixels in [0, 1], raw stored pixels of the chosen frame, photometric interpretation)."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     index = n_frames // 2 if n_frames > 1 else None  # a volume's middle slice is its most representative one
+    reduced = _reduced_frame(ds, min_size) if min_size else None
     # YBR_FULL/YBR_FULL_422 become RGB in pixel_array; JPEG-compressed YBR is converted by the decoder.
-    raw = pixel_array(ds, index=index)
+    raw = reduced if reduced is not None else pixel_array(ds, index=index)
     photometric = _dicom_str(ds, "PhotometricInterpretation").upper()
     if raw.ndim == 3 and raw.shape[-1] not in (3, 4) and n_frames == 1:
         raise ImageDecodeError(f"unexpected DICOM pixel array shape {raw.shape}")
