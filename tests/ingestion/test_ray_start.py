@@ -75,12 +75,15 @@ for _ in range({starts}):
 """
 
 
-def test_local_ray_starts_five_times_in_a_row_and_shuts_down_each_time() -> None:
-    run = subprocess.run([sys.executable, "-c", NEXT_START.format(starts=5)], capture_output=True, text=True,
+STARTS = 3  # issue 16 saw 2 failed starts in ~8 runs in a row; each start here is a whole local Ray
+
+
+def test_local_ray_starts_several_times_in_a_row_and_shuts_down_each_time() -> None:
+    run = subprocess.run([sys.executable, "-c", NEXT_START.format(starts=STARTS)], capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     sessions = [line.split()[1] for line in run.stdout.splitlines()]
-    assert len(sessions) == 5 and len(set(sessions)) == 5, run.stdout
+    assert len(sessions) == STARTS and len(set(sessions)) == STARTS, run.stdout
     for pattern in ("Timed out waiting for file", "did not start"):
         assert pattern not in run.stderr
     for session in sessions:  # each session shut down whole: no process keeps a file open in it
