@@ -22,6 +22,11 @@ INFLATE_CHUNK = 1 << 20  # bytes inflated at a time by the bomb check
 FLOAT_BYTES = 4  # one float32 working copy of the pixels (windowing, normalisation)
 
 
+# DICOM's JPEG (ISO 10918-1) syntaxes: baseline, extended, lossless. They allow BitsAllocated 8 or 16 only.
+JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.53",
+                 "1.2.840.10008.1.2.4.55", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+
+
 class DeclaredSizeError(ValueError):
     """The header declares something we will not decode (too large, or a deflate bomb); the message says why."""
 
@@ -89,9 +94,26 @@ def _dicom_size(data: bytes) -> DeclaredSize | None:
         bits = int(ds.get("BitsAllocated", 16) or 16)
     except Exception:  # noqa: BLE001 - the decoder reports a corrupt header in its own words
         return None
+    check_dicom_codec(ds)
     if rows <= 0 or cols <= 0:
         return None
     return DeclaredSize(cols, rows, max(frames, 1), max(samples, 1), max(1, math.ceil(bits / 8)), 1, "dicom")
+
+
+def check_dicom_codec(ds: object) -> None:
+    """Refuse a JPEG-compressed DICOM declaring BitsAllocated other than 8 or 16 (PS3.5 8.2.1).
+
+    pydicom tries GDCM first for these syntaxes, and GDCM's JPEG codec throws a C++ exception nobody catches on 32
+    or 64 bits: the whole process aborts (`cbmir bench fuzz` killed `cbmir serve` with one such header edit).
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "") if meta is not None else "")
+    try:
+        bits = int(getattr(ds, "BitsAllocated", 8) or 8)
+    except (TypeError, ValueError):
+        bits = 0
+    if syntax in JPEG_SYNTAXES and bits not in (8, 16):
+        raise DeclaredSizeError(f"a JPEG-compressed DICOM must have BitsAllocated 8 or 16, not {bits}")
 
 
 def check_deflated_dicom(data: bytes, max_inflated: int) -> int:
