@@ -106,11 +106,14 @@ def check_dicom_codec(ds: object) -> None:
     pydicom tries GDCM first for these syntaxes, and GDCM's JPEG codec throws a C++ exception nobody catches on 32
     or 64 bits: the whole process aborts (`cbmir bench fuzz` killed `cbmir serve` with one such header edit).
     """
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(meta.get("TransferSyntaxUID", "") if meta is not None else "")
+    try:
+        meta = getattr(ds, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", "") if meta is not None else "")
+    except Exception:  # noqa: BLE001 - a corrupt meta group: the decoder reports it
+        return
     try:
         bits = int(getattr(ds, "BitsAllocated", 8) or 8)
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - pydicom converts elements lazily: a corrupt one raises anything here
         bits = 0
     if syntax in JPEG_SYNTAXES and bits not in (8, 16):
         raise DeclaredSizeError(f"a JPEG-compressed DICOM must have BitsAllocated 8 or 16, not {bits}")

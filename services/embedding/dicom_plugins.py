@@ -9,17 +9,27 @@ pyjpegls) decodes. Syntaxes only GDCM decodes here keep it (say so in the docs).
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
 
 log = logging.getLogger(__name__)
 
 GDCM = "gdcm"
+_lock = threading.Lock()  # the first decodes of a server arrive together: one of them removes, once
+_only_gdcm: tuple[str, ...] | None = None
 
 
-@functools.cache
 def drop_gdcm_where_replaceable() -> tuple[str, ...]:
     """Remove GDCM from each pydicom decoder that has another available plugin; -> the syntaxes still on GDCM."""
+    global _only_gdcm
+    if _only_gdcm is None:
+        with _lock:
+            if _only_gdcm is None:
+                _only_gdcm = _drop()
+    return _only_gdcm
+
+
+def _drop() -> tuple[str, ...]:
     from pydicom.pixels import get_decoder
     from pydicom.uid import (
         JPEG2000,
