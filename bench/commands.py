@@ -181,6 +181,31 @@ def cmd_bench_decode(args: argparse.Namespace) -> int:
     return _write_outputs(record, out_dir / "decode.json", decode_plot, decode_table)
 
 
+def cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    """Every class of bad input against a real `cbmir serve`: statuses per class, leaks, server alive, RSS."""
+    from cbmir.bench import run_record
+    from cbmir.bench.fuzz import FuzzConfig, fuzz_plot, fuzz_table, run_fuzz
+
+    out_dir = _out_dir(args.out)
+    config = FuzzConfig(requests=args.requests, clients=args.clients, seed=args.seed, rows=args.rows,
+                        deadline_s=args.deadline, audit_log=args.audit_log, bombs=not args.no_bombs,
+                        workers=args.workers, max_message_mb=args.max_message_mb, workdir=str(out_dir / "work"),
+                        classes=args.classes, decode_budget_mb=args.decode_memory_budget_mb)
+    print(f"cbmir bench fuzz -> {out_dir}  requests={config.requests} clients={config.clients}", flush=True)
+    record = {"machine": run_record.machine(), "versions": run_record.versions(),
+              **run_fuzz(config, progress=lambda line: print(line, flush=True))}
+    record["machine"]["load_average_after"] = run_record.machine()["load_average"]
+    if not args.keep_work:
+        import shutil
+
+        shutil.rmtree(out_dir / "work", ignore_errors=True)
+    _write_outputs(record, out_dir / "fuzz.json", fuzz_plot, fuzz_table)
+    totals, server = record["totals"], record["server"]
+    failed = (totals["internal_or_unknown"] or totals["hangs"] or totals["path_in_reply"]
+              or totals["traceback_in_reply"] or not server["alive"] or server["health_after"] != "SERVING")
+    return 1 if failed else 0
+
+
 def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
                    table: Callable[[dict[str, Any]], str]) -> int:
     """A benchmark's three outputs: its JSON record, its PNG plot beside it, its table on stdout."""
@@ -319,6 +344,38 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--log-level", default="WARNING")
     mig.add_argument("--log-json", action="store_true")
     mig.set_defaults(func=cmd_bench_migrate)
+
+    fuzz = bench_sub.add_parser(
+        "fuzz", help="bad inputs of every class against a real cbmir serve: statuses, leaks, server alive, RSS",
+        description="Build a small real collection, start `cbmir serve` on 127.0.0.1 in its own process and send "
+                    "--requests generated requests from --clients threads: random bytes as the image and as the "
+                    "whole protobuf, mutated PNG / JPEG / DICOM (compressed syntaxes included), DICOM header edits, "
+                    "bombs, nonsense vectors, k, filters with injection attempts, 10^5-character ids / collection "
+                    "names / filter keys, unknown enum values and fields, oversized messages. Records per class the "
+                    "status histogram, INTERNAL/UNKNOWN replies, replies carrying a path or a traceback; the "
+                    "server's health at the end, resting and peak RSS, and audit log growth with --audit-log. "
+                    "Writes results/bench/<timestamp>/fuzz.json, fuzz.png and a table; exits 1 on any crash, hang, "
+                    "leak or a dead server.")
+    fuzz.add_argument("--requests", type=int, default=10_000, help="requests in all (default %(default)s)")
+    fuzz.add_argument("--clients", type=int, default=8, help="concurrent clients (default %(default)s)")
+    fuzz.add_argument("--rows", type=int, default=40, help="rows of the collection served (default %(default)s)")
+    fuzz.add_argument("--deadline", type=float, default=30.0,
+                      help="seconds per call; slower counts as a hang (default %(default)s)")
+    fuzz.add_argument("--audit-log", action="store_true", help="serve with --audit-log and record its growth")
+    fuzz.add_argument("--no-bombs", action="store_true", help="leave out the decompression bombs")
+    fuzz.add_argument("--workers", type=int, default=8, help="cbmir serve --workers (default %(default)s)")
+    fuzz.add_argument("--max-message-mb", type=int, default=64,
+                      help="cbmir serve --max-message-mb; the oversized class sends just over it "
+                           "(default %(default)s, serve's default)")
+    fuzz.add_argument("--decode-memory-budget-mb", type=int, default=1024,
+                      help="cbmir serve --decode-memory-budget-mb (default %(default)s, serve's default)")
+    fuzz.add_argument("--classes", type=_words, default=(), help="comma list: only these request classes")
+    fuzz.add_argument("--seed", type=int, default=0)
+    fuzz.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    fuzz.add_argument("--keep-work", action="store_true", help="keep the collection, server log and audit log")
+    fuzz.add_argument("--log-level", default="WARNING")
+    fuzz.add_argument("--log-json", action="store_true")
+    fuzz.set_defaults(func=cmd_bench_fuzz)
 
     from cbmir.bench.corpus import FORMAT_NAMES, SHARED_DATA
 

@@ -18,7 +18,13 @@ from PIL import Image, UnidentifiedImageError
 
 DICOM_MAGIC_OFFSET = 128
 DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+INFLATE_CHUNK = 1 << 20  # bytes inflated at a time by the bomb check
 FLOAT_BYTES = 4  # one float32 working copy of the pixels (windowing, normalisation)
+
+
+# DICOM's JPEG (ISO 10918-1) syntaxes: baseline, extended, lossless. They allow BitsAllocated 8 or 16 only.
+JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.53",
+                 "1.2.840.10008.1.2.4.55", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
 
 
 class DeclaredSizeError(ValueError):
@@ -88,36 +94,66 @@ def _dicom_size(data: bytes) -> DeclaredSize | None:
         bits = int(ds.get("BitsAllocated", 16) or 16)
     except Exception:  # noqa: BLE001 - the decoder reports a corrupt header in its own words
         return None
+    check_dicom_codec(ds)
     if rows <= 0 or cols <= 0:
         return None
     return DeclaredSize(cols, rows, max(frames, 1), max(samples, 1), max(1, math.ceil(bits / 8)), 1, "dicom")
 
 
-def check_deflated_dicom(data: bytes, max_inflated: int) -> None:
-    """Refuse a Deflated-syntax DICOM whose data set inflates to more than `max_inflated` bytes.
+def check_dicom_codec(ds: object) -> None:
+    """Refuse a JPEG-compressed DICOM declaring BitsAllocated other than 8 or 16 (PS3.5 8.2.1).
+
+    pydicom tries GDCM first for these syntaxes, and GDCM's JPEG codec throws a C++ exception nobody catches on 32
+    or 64 bits: the whole process aborts (`cbmir bench fuzz` killed `cbmir serve` with one such header edit).
+    """
+    try:
+        meta = getattr(ds, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", "") if meta is not None else "")
+    except Exception:  # noqa: BLE001 - a corrupt meta group: the decoder reports it
+        return
+    try:
+        bits = int(getattr(ds, "BitsAllocated", 8) or 8)
+    except Exception:  # noqa: BLE001 - pydicom converts elements lazily: a corrupt one raises anything here
+        bits = 0
+    if syntax in JPEG_SYNTAXES and bits not in (8, 16):
+        raise DeclaredSizeError(f"a JPEG-compressed DICOM must have BitsAllocated 8 or 16, not {bits}")
+
+
+def check_deflated_dicom(data: bytes, max_inflated: int) -> int:
+    """Refuse a Deflated-syntax DICOM whose data set inflates to more than `max_inflated` bytes; else return the
+    inflated size (0 for anything not deflated).
 
     pydicom inflates the whole data set before any element is read, so the check inflates it first, bounded.
     """
     if data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] != b"DICM":
-        return
+        return 0
     meta_start = DICOM_MAGIC_OFFSET + 4
     # (0002,0000) UL, explicit VR: tag 4 + VR 2 + length 2 + value 4; the value is the rest of the meta group.
     if len(data) < meta_start + 12 or data[meta_start:meta_start + 6] != b"\x02\x00\x00\x00UL":
-        return
+        return 0
     meta_end = meta_start + 12 + struct.unpack_from("<I", data, meta_start + 8)[0]
     meta = data[meta_start:meta_end]
     at = meta.find(b"\x02\x00\x10\x00UI")
     if at < 0:
-        return
+        return 0
     length = struct.unpack_from("<H", meta, at + 6)[0]
     syntax = meta[at + 8:at + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace")
     if syntax != DEFLATED_SYNTAX:
-        return
+        return 0
+    # Counted chunk by chunk and dropped: holding up to `max_inflated` bytes per request in flight would let a few
+    # concurrent bombs take gigabytes before any is refused (measured by `cbmir bench fuzz`).
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated, pending = 0, data[meta_end:]
     try:
-        inflated = inflater.decompress(data[meta_end:], max_inflated + 1)
+        while inflated <= max_inflated and not inflater.eof:
+            chunk = inflater.decompress(pending, INFLATE_CHUNK)
+            pending = inflater.unconsumed_tail
+            inflated += len(chunk)
+            if not chunk and not pending:  # a truncated stream: all of it inflated
+                break
     except zlib.error as error:
         raise DeclaredSizeError(f"corrupt deflated DICOM: {error}") from None
-    if len(inflated) > max_inflated:
+    if inflated > max_inflated:
         raise DeclaredSizeError(f"deflated DICOM inflates to more than {max_inflated} bytes "
                                 f"(from {len(data)}): refused (decompression bomb guard)")
+    return inflated

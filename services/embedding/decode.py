@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cbmir.services.embedding.declared import DeclaredSizeError, check_deflated_dicom, max_inflated_bytes
+from cbmir.services.embedding.declared import (
+    DeclaredSizeError,
+    check_deflated_dicom,
+    check_dicom_codec,
+    max_inflated_bytes,
+)
+from cbmir.services.embedding.dicom_plugins import drop_gdcm_where_replaceable
 
 MAX_IMAGE_PIXELS: int = 200_000_000
 """Per-frame pixel limit, checked from the header before any pixel data is decoded.
@@ -310,6 +316,7 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 
     from pydicom.errors import InvalidDicomError
 
     not_image = "not an image (unrecognised format)"
+    drop_gdcm_where_replaceable()
     try:
         check_deflated_dicom(data, max_inflated_bytes(max_pixels))  # pydicom would inflate it all, unbounded
     except DeclaredSizeError as exc:
@@ -320,6 +327,10 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 
         raise ImageDecodeError(not_image if force else f"invalid DICOM: {exc}") from exc
     except Exception as exc:
         raise ImageDecodeError(not_image if force else f"corrupt DICOM: {type(exc).__name__}: {exc}") from exc
+    try:
+        check_dicom_codec(ds)  # GDCM would abort the process on some of these
+    except DeclaredSizeError as exc:
+        raise ImageDecodeError(str(exc)) from None
 
     try:
         has_pixels = any(tag in ds for tag in _PIXEL_TAGS)

@@ -3,56 +3,19 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
+import tracemalloc
 
 import grpc
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 
+from cbmir.bench.fuzz_inputs import deflated_dicom_bomb, png_bomb
 from cbmir.services.embedding import ImageDecodeError, decode_image
+from cbmir.services.embedding.declared import DeclaredSizeError, check_deflated_dicom, max_inflated_bytes
 from cbmir.services.query.client import RetrievalClient
 from cbmir.services.query.engine import DEFAULT_MAX_IMAGE_PIXELS
 from cbmir.services.query.server import start_server
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid grey 8-bit PNG of width x height zeros: a few hundred KB declaring width*height pixels."""
-    deflate = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)  # filter byte + pixels
-    idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def deflated_dicom_bomb(zeros: int) -> bytes:
-    """A real small CT in the Deflated transfer syntax (written by pydicom), plus a private element of `zeros`
-    zero bytes appended to its data set before deflating."""
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
-    written = io.BytesIO()
-    ds.save_as(written, enforce_file_format=True)
-    data = written.getvalue()
-    meta_end = 132 + 12 + struct.unpack_from("<I", data, 132 + 8)[0]
-    dataset = zlib.decompress(data[meta_end:], -zlib.MAX_WBITS)
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    # (7FE1,0010) LO private creator, then (7FE1,1001) OB of `zeros` bytes: after every standard element.
-    creator = b"CBMIR BOMB"
-    parts = [deflate.compress(dataset)]
-    if zeros:
-        parts += [deflate.compress(struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", len(creator)) + creator),
-                  deflate.compress(struct.pack("<HH2sHI", 0x7FE1, 0x1001, b"OB", 0, zeros))]
-        block = b"\x00" * (16 * 1024 * 1024)
-        parts += [deflate.compress(block) for _ in range(zeros // len(block))]
-    parts.append(deflate.flush())
-    return data[:meta_end] + b"".join(parts)
 
 
 def _png(width: int, height: int) -> bytes:
@@ -126,3 +89,17 @@ def test_an_image_over_the_whole_budget_is_invalid_not_retryable(server) -> None
         client.search(image=_png(3000, 3000), top_k=3)  # ~43 MiB to decode, budget 24 MiB
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "whole decode budget" in raised.value.details()
+
+
+def test_refusing_a_deflate_bomb_holds_one_chunk_not_the_limit(bombs) -> None:
+    # The check used to inflate up to the limit (256 MiB at the default pixel limit) into one buffer per request:
+    # `cbmir bench fuzz` saw the server's peak RSS rise ~840 MiB with two clients sending bombs, all refused.
+    tracemalloc.start()
+    try:
+        with pytest.raises(DeclaredSizeError, match="inflates to more than"):
+            check_deflated_dicom(bombs["dicom_1gib"], max_inflated_bytes(DEFAULT_MAX_IMAGE_PIXELS))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024
+    assert check_deflated_dicom(deflated_dicom_bomb(0), 1 << 20) > 0  # a real one: its inflated size

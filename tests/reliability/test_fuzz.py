@@ -7,21 +7,17 @@ must answer within it), and the server still SERVING afterwards. Default suite: 
 
 from __future__ import annotations
 
-import io
 import struct
 import time
-import zlib
 from pathlib import Path
 
 import grpc
-import numpy as np
-import pydicom
 import pytest
 from conftest import record_figures
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
+from cbmir.bench.fuzz_inputs import INJECTIONS, image_seeds, raw_field
 from cbmir.ingestion.batches import ARRAY_INDEX, NAME, REASON, SPLIT, STATUS, STATUS_FAILED, STATUS_OK, URI
 from cbmir.ingestion.reader import read_item
 from cbmir.services.query.client import RetrievalClient
@@ -33,45 +29,9 @@ CALL_DEADLINE = 20.0  # seconds: a call that takes longer is a hang
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
            grpc.StatusCode.FAILED_PRECONDITION}
 DIM = 1280
-INJECTIONS = ['" or 1==1 or label == "', "x' or '1'='1", "label != \"\"", "\\\" or true", "a\x00b", "😀" * 70,
-              "); drop collection reliability; --", "${jndi:ldap://x}", "\n", "%s%s%s", "A" * 5000, ""]
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _jpeg(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _png_declaring(width: int, height: int) -> bytes:
-    """A valid-looking PNG header whose IHDR declares huge dimensions (a decompression bomb's first bytes)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    idat = zlib.compress(b"\x00" * 1024)
-    return (b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", len(idat)) + b"IDAT" + idat
-            + struct.pack(">I", zlib.crc32(b"IDAT" + idat)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
-
-
-def _seeds() -> list[bytes]:
-    rng = np.random.default_rng(0)
-    grey = (rng.random((64, 64)) * 255).astype(np.uint8)
-    colour = (rng.random((32, 48, 3)) * 255).astype(np.uint8)
-    data_dir = Path(pydicom.__file__).parent / "data" / "test_files"
-    dicoms = [(data_dir / name).read_bytes() for name in ("CT_small.dcm", "MR_small.dcm", "MR_truncated.dcm")
-              if (data_dir / name).exists()]
-    grey16 = io.BytesIO()
-    Image.fromarray((rng.random((40, 40)) * 65535).astype(np.uint16)).save(grey16, format="PNG")
-    return [_png(grey), _png(colour), _jpeg(grey), _jpeg(colour), grey16.getvalue(),
-            _png_declaring(100_000, 100_000), *dicoms]
-
-
-SEEDS = _seeds()
+SEEDS = [seed for kind in image_seeds().values() for seed in kind]  # PNG, JPEG, DICOM in every syntax
 
 
 @st.composite
@@ -133,18 +93,8 @@ def requests(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):  # unknown fields a newer client might send: field numbers 900+, valid wire format
         number = draw(st.integers(900, 5000))
         payload = draw(st.binary(max_size=32))
-        wire += bytes(_varint(number << 3 | 2)) + bytes(_varint(len(payload))) + payload
+        wire += raw_field(number, payload)
     return wire
-
-
-def _varint(value: int) -> bytearray:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return out
 
 
 @pytest.fixture(scope="module")
