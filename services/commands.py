@@ -54,6 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              max_image_pixels=args.max_image_pixels,
                              decode_budget_bytes=args.decode_memory_budget_mb * 1024 * 1024)
     engine.collection_dim(args.collection)  # refuse to start on a missing collection or another model's
+    store.load(args.collection)  # loaded before the first queries, which would otherwise all meet "released"
     warn_if_past_lite_limit(store, args.collection)
     warm_ms = engine.warm_up()
     if args.id_salt:

@@ -99,6 +99,11 @@ class CollectionInfo:
     filter_fields: tuple[str, ...] = field(default=schema.FILTER_FIELDS)
 
 
+def _is_released(error: MilvusException) -> bool:
+    text = _reason(error).lower()
+    return "not loaded" in text or "released" in text
+
+
 def _unavailable(uri: str, error: Exception) -> StoreUnavailableError:
     if is_server_uri(uri):
         hint = "is the Milvus server running and reachable?"
@@ -153,6 +158,7 @@ class MilvusStore:
             raise ValueError(f"unknown consistency level {search_consistency!r}: choose from "
                              f"{', '.join(CONSISTENCY_LEVELS)}")
         self.uri = uri
+        self._load_lock = threading.Lock()
         self.timeout = timeout
         self.search_consistency = search_consistency
         if not is_server_uri(uri):
@@ -204,12 +210,18 @@ class MilvusStore:
         try:
             return self._call(fn, *args, **kwargs)
         except MilvusException as error:
-            text = _reason(error).lower()
-            if "not loaded" not in text and "released" not in text:
+            if not _is_released(error):
                 raise
-        log.warning("collection %s is not loaded; loading it", name)
-        self.load(name)
-        return self._call(fn, *args, **kwargs)
+        # One loader at a time: concurrent first queries of a server all meet "released" together.
+        with self._load_lock:
+            try:
+                return self._call(fn, *args, **kwargs)  # another thread may have loaded it meanwhile
+            except MilvusException as error:
+                if not _is_released(error):
+                    raise
+            log.warning("collection %s is not loaded; loading it", name)
+            self.load(name)
+            return self._call(fn, *args, **kwargs)
 
     def has_collection(self, name: str) -> bool:
         return bool(self._call(self.client.has_collection, name))
