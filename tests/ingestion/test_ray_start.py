@@ -22,7 +22,8 @@ from cbmir.ingestion.pipeline import (
 )
 
 CBMIR = Path(sys.executable).with_name("cbmir")
-pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find Ray's processes")
+pytestmark = [pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find Ray's processes"),
+              pytest.mark.machine_wide]  # counts every Ray process of the machine: `make test` runs it alone
 
 # What a normal ingest must not print: Ray lines that ask the user to act (issue 16).
 RAY_WARNINGS = [
