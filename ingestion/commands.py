@@ -63,8 +63,10 @@ def add_ingest_command(sub: Any) -> None:
                         help="also store HOG descriptors (1764 floats per image) so searches can --rerank hog")
     add_secret_flags(ingest, "--id-salt", "CBMIR_ID_SALT",
                      "secret that keys the image ids (HMAC-SHA256 of the DICOM SOPInstanceUID / file bytes) and the "
-                     "hashed sources. The collection records a digest of it, and later runs must pass the same salt "
-                     "(default: unsalted sha256 ids)")
+                     "hashed sources. The collection records a digest of it, and later runs must use the same salt. "
+                     "Default: the deployment's salt $CBMIR_HOME/id-salt (CBMIR_HOME default ~/.config/cbmir), "
+                     "created 0600 on first use; a collection ingested unsalted before stays unsalted, with a "
+                     "warning")
     ingest.add_argument("--source-field", default="auto", choices=["auto", "relative", "hashed", "none"],
                         help="what the stored `source` says: the path relative to SOURCE, a keyed hash of it "
                              "(salted by --id-salt), or nothing. Hospital paths often name patients. auto (default): "

@@ -41,7 +41,9 @@ class IngestConfig:
     report_path: str | None = "cbmir-ingest-report.json"
     progress: bool = True
     rerank_descriptor: str = ""  # "hog": also store HOG descriptors so searches can re-rank (seed 003)
-    id_salt: str = ""  # keys the image ids (HMAC); the collection records a digest of it, never the salt
+    # Keys the image ids (HMAC); the collection records a digest of it, never the salt. "": resolved by
+    # run_ingestion (the deployment's $CBMIR_HOME/id-salt, or unsalted for a legacy unsalted collection).
+    id_salt: str = ""
     flush_rows: int = 512  # rows per upsert: what a crash can lose (and the rerun redoes)
     listing_chunk: int = LISTING_CHUNK_ITEMS  # most listed items per chunk held by the driver / per Ray block
     # What the store's `source` says: auto = a keyed hash of the relative path for DICOM (patient/study trees

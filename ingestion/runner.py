@@ -6,7 +6,7 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,6 +44,7 @@ from cbmir.ingestion.sink import MilvusSink
 from cbmir.ingestion.sources import scan_source
 from cbmir.services.embedding import id_salt_digest
 from cbmir.services.embedding.descriptors import DESCRIPTORS
+from cbmir.services.embedding.id_salt import resolve_id_salt
 from cbmir.services.store import MilvusStore, ModelMismatchError, choose_index
 from cbmir.services.store.lite_limit import warn_if_past_lite_limit
 
@@ -64,6 +65,9 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
     # Opened before Ray starts: an unreachable or locked store fails in a second, not after Ray's start-up.
     store = MilvusStore(config.milvus_uri, token=config.milvus_token)
     try:
+        # The one place ingest decides its id salt, before Ray starts: the read tasks and the sink get this one.
+        stored_digest = store.id_salt_digest(config.collection) if store.has_collection(config.collection) else None
+        config = replace(config, id_salt=resolve_id_salt(config.id_salt, stored_digest, config.collection))
         with ray_session(config.ray_address):
             plan = plan_resources(cluster_cpus(), config.actors, config.device, config.gpus_per_actor,
                                   node_cpus=node_cpus())

@@ -37,6 +37,7 @@ def _server_options(args: argparse.Namespace) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.embedding import id_salt_digest
+    from cbmir.services.embedding.id_salt import warn_if_unsalted
     from cbmir.services.query.engine import RetrievalEngine
     from cbmir.services.query.metrics import serve_metrics
     from cbmir.services.query.server import serve_forever, start_server
@@ -59,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     warm_ms = engine.warm_up()
     if args.id_salt:
         store.check_id_salt(args.collection, id_salt_digest(args.id_salt))
+    else:
+        # Serving computes no id (a query by id sends a stored one), so it needs no salt file: it only flags legacy ids.
+        warn_if_unsalted(store.id_salt_digest(args.collection), args.collection)
     if args.metrics_port and not is_loopback(args.metrics_host):
         logging.getLogger("cbmir.serve").warning(
             "Prometheus metrics are plain HTTP without authentication on %s:%d%s: bind them to the pod or a "
@@ -232,7 +236,8 @@ def add_service_commands(sub: Any) -> None:
                           help="append one JSON line per RPC: time, caller, request kind, k, filters, prefilter, "
                                "result ids, latency, status (never pixels, never tokens)")
     add_secret_flags(security, "--id-salt", "CBMIR_ID_SALT",
-                     "check that the collection's ids were keyed with this salt")
+                     "check that the collection's ids were keyed with this salt (serving needs no salt: without "
+                     "one it only warns about a collection whose ids are unsalted)")
     limits = serve.add_argument_group("limits and availability")
     limits.add_argument("--max-concurrent-rpcs", type=int, default=None,
                         help="RPCs admitted at once, running or queued; beyond it RESOURCE_EXHAUSTED at once "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import csv
 import importlib.util
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,11 @@ from cbmir.services.store.milvus_server import MilvusServer
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The per-deployment id salt ($CBMIR_HOME/id-salt) is created on first use: never in the real home from a test. Set
+# at import so subprocesses (cbmir ingest) and Ray workers inherit it; the directory is removed at exit.
+if "CBMIR_HOME" not in os.environ:
+    os.environ["CBMIR_HOME"] = tempfile.mkdtemp(prefix="cbmir-test-home-")
+    atexit.register(shutil.rmtree, os.environ["CBMIR_HOME"], True)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

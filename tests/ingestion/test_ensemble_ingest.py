@@ -10,6 +10,7 @@ from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.runner import run_ingestion
 from cbmir.services.embedding import BACKBONES, EmbeddingModel, ModelIdentity, decode_image, image_id
 from cbmir.services.embedding.checkpoint import build_net, checkpoint_dict, save_checkpoint
+from cbmir.services.embedding.id_salt import read_default_salt
 from cbmir.services.store import MilvusStore
 
 
@@ -35,7 +36,7 @@ def test_ensemble_ingest_stores_the_concatenated_vectors(ray_local: None, breast
         assert identity == model.identity and identity.dim == 1296
         image = sorted((breastmnist_png_archive / "images").glob("train_*.png"))[0]
         decoded = decode_image(image.read_bytes())
-        key = image_id(decoded.content_key)
+        key = image_id(decoded.content_key, read_default_salt())  # the deployment's salt keyed them
         stored = np.asarray(store.get_rows("ens", [key])[key]["embedding"], dtype=np.float32)
         np.testing.assert_allclose(stored, model.embed([decoded.pixels])[0], atol=1e-4)
     finally:

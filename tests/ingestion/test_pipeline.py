@@ -12,6 +12,7 @@ import pytest
 
 from cbmir.ingestion import IngestConfig, IngestReport, run_ingestion
 from cbmir.services.embedding import WeightsError, decode_image, image_id
+from cbmir.services.embedding.id_salt import read_default_salt
 from cbmir.services.store import MilvusStore, ModelMismatchError
 
 LIMIT = 60  # keeps a run at a few seconds on 2 CPUs
@@ -74,7 +75,8 @@ def test_ingest_stores_one_row_per_distinct_image(breastmnist_runs: tuple[Run, R
                                                   breastmnist_png_archive: Path) -> None:
     first, _ = breastmnist_runs
     rows = _manifest_rows(breastmnist_png_archive)[:LIMIT]
-    distinct = {image_id(decode_image((breastmnist_png_archive / r["image"]).read_bytes()).content_key)
+    salt = read_default_salt()  # no --id-salt: ingest keyed the ids with the deployment's salt
+    distinct = {image_id(decode_image((breastmnist_png_archive / r["image"]).read_bytes()).content_key, salt)
                 for r in rows}
 
     assert first.report.read == LIMIT
@@ -88,7 +90,9 @@ def test_ingested_rows_carry_their_manifest_labels_and_source(breastmnist_runs: 
                                                               breastmnist_png_archive: Path) -> None:
     first, _ = breastmnist_runs
     rows = _manifest_rows(breastmnist_png_archive)[:LIMIT]
-    ids = {image_id(decode_image((breastmnist_png_archive / r["image"]).read_bytes()).content_key): r for r in rows}
+    salt = read_default_salt()
+    ids = {image_id(decode_image((breastmnist_png_archive / r["image"]).read_bytes()).content_key, salt): r
+           for r in rows}
     store = MilvusStore(first.config.milvus_uri)
     try:
         stored = store.get_rows(first.config.collection, list(ids), with_vectors=True)

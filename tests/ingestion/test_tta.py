@@ -10,6 +10,7 @@ import numpy as np
 from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.runner import run_ingestion
 from cbmir.services.embedding import EmbeddingModel, ModelIdentity, decode_image, image_id
+from cbmir.services.embedding.id_salt import read_default_salt
 from cbmir.services.embedding.model import TTA_SUFFIX
 from cbmir.services.flags import load_model_for
 from cbmir.services.store import MilvusStore
@@ -42,7 +43,7 @@ def test_tta_ingest_stores_the_vectors_a_tta_model_computes_and_serve_picks_tta(
         plain = EmbeddingModel.load("efficientnet_lite0")
         image = sorted((breastmnist_png_archive / "images").glob("train_*.png"))[0]
         decoded = decode_image(image.read_bytes())
-        key = image_id(decoded.content_key)
+        key = image_id(decoded.content_key, read_default_salt())  # the deployment's salt keyed them
         stored = np.asarray(store.get_rows(COLLECTION, [key])[key]["embedding"], dtype=np.float32)
         with_tta = served.embed([decoded.pixels])[0]
         mirrored = plain.embed([decoded.pixels[:, ::-1].copy()])[0]

@@ -11,6 +11,7 @@ import pytest
 from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.runner import run_ingestion
 from cbmir.services.embedding import EmbeddingModel, decode_image, decode_resized, image_id
+from cbmir.services.embedding.id_salt import read_default_salt
 from cbmir.services.query.client import RetrievalClient
 from cbmir.services.query.engine import RetrievalEngine, SearchQuery
 from cbmir.services.query.proto import retrieval_pb2
@@ -73,10 +74,11 @@ def test_search_by_image_returns_ordered_labelled_hits_with_itself_first(service
 
 def test_stored_vector_equals_the_vector_the_service_computes(service, model: EmbeddingModel) -> None:
     _, store, archive = service
+    salt = read_default_salt()  # ingest keyed the ids with the deployment's salt
     for query in _train_images(archive)[:3]:
         # The service's own decode: resized to the model input as the read tasks do (decode_resized).
         decoded = decode_resized(query.read_bytes(), model.preprocessing.input_size)
-        stored = store.get_rows(COLLECTION, [image_id(decoded.content_key)])[image_id(decoded.content_key)]
+        stored = store.get_rows(COLLECTION, [image_id(decoded.content_key, salt)])[image_id(decoded.content_key, salt)]
         computed = model.embed([decoded.pixels])[0]
         stored_vector = np.asarray(stored["embedding"], dtype=np.float32)
         cosine = float(stored_vector @ computed / (np.linalg.norm(stored_vector) * np.linalg.norm(computed)))
@@ -86,7 +88,7 @@ def test_stored_vector_equals_the_vector_the_service_computes(service, model: Em
 
 def test_search_by_stored_id_can_exclude_itself(service) -> None:
     client, _, archive = service
-    query_id = image_id(decode_image(_train_images(archive)[0].read_bytes()).content_key)
+    query_id = image_id(decode_image(_train_images(archive)[0].read_bytes()).content_key, read_default_salt())
     reply = client.search(id=query_id, top_k=5, exclude_query_id=True)
     assert len(reply.hits) == 5 and query_id not in [h.id for h in reply.hits]
 
@@ -201,7 +203,7 @@ def test_hog_rerank_reorders_the_cnn_candidates_by_l1_distance(service) -> None:
 
 def test_rerank_by_stored_id_uses_the_stored_descriptor(service) -> None:
     client, _, archive = service
-    query_id = image_id(decode_image(_train_images(archive)[6].read_bytes()).content_key)
+    query_id = image_id(decode_image(_train_images(archive)[6].read_bytes()).content_key, read_default_salt())
     reply = client.search(id=query_id, top_k=3, rerank="hog")
     assert reply.reranked and reply.hits[0].id == query_id
 

@@ -19,6 +19,7 @@ from conftest import record_figures
 
 from cbmir.ingestion.embedder import FAULT_EXIT_ONCE_ENV
 from cbmir.services.embedding import decode_image, image_id
+from cbmir.services.embedding.id_salt import read_default_salt
 from cbmir.services.store import MilvusStore
 
 COLLECTION = "faults"
@@ -68,7 +69,8 @@ def _expected_ids(source: Path) -> set[str]:
 
     with open(source / "labels.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if r["split"] == "train"][:LIMIT]
-    return {image_id(decode_image((source / r["image"]).read_bytes()).content_key) for r in rows}
+    salt = read_default_salt()  # the ingest subprocess keyed its ids with this deployment's salt ($CBMIR_HOME)
+    return {image_id(decode_image((source / r["image"]).read_bytes()).content_key, salt) for r in rows}
 
 
 def _stored_ids(uri: str) -> list[str]:
