@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cbmir.bench import ENGINES
+from cbmir.services.flags import add_logging_flags
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,10 @@ def _add_source_flags(parser: argparse.ArgumentParser, source_help: str) -> None
     parser.add_argument("--label-column", default="label", help="manifest column with the label (MIAS: tissue)")
 
 
+def _add_out_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+
+
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: search latency / QPS / recall vs size, per engine and index")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -270,10 +275,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                         help="Milvus: partitions the label partition key hashes into (default: Milvus's 16); each "
                              "holds its own segments and an unfiltered search visits them all")
     search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    _add_out_flag(search)
     search.add_argument("--keep-work", action="store_true", help="keep the Lite files and server data")
-    search.add_argument("--log-level", default="WARNING")
-    search.add_argument("--log-json", action="store_true")
+    add_logging_flags(search, "WARNING")
     search.set_defaults(func=cmd_bench_search)
 
     breakdown = bench_sub.add_parser(
@@ -289,9 +293,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     breakdown.add_argument("--dim", type=int, default=1024)
     breakdown.add_argument("--ef", type=int, default=64, help="HNSW ef of the base parts (default %(default)s)")
     breakdown.add_argument("--rounds", type=int, default=200, help="calls of each part (default %(default)s)")
-    breakdown.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
-    breakdown.add_argument("--log-level", default="WARNING")
-    breakdown.add_argument("--log-json", action="store_true")
+    _add_out_flag(breakdown)
+    add_logging_flags(breakdown, "WARNING")
     breakdown.set_defaults(func=cmd_bench_server_breakdown)
 
     vec = bench_sub.add_parser("vectors", help="embed real images and compare their statistics with synthetic ones")
@@ -299,8 +302,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     vec.add_argument("--limit", type=int, default=500)
     vec.add_argument("--backbone", default="efficientnet_lite0")
     vec.add_argument("--out", default="results/bench/brain-mri-efficientnet_lite0-500.npz")
-    vec.add_argument("--log-level", default="WARNING")
-    vec.add_argument("--log-json", action="store_true")
+    add_logging_flags(vec, "WARNING")
     vec.set_defaults(func=cmd_bench_vectors)
 
     source_help = "image archive (default: ../shared/data/brain-mri if present, else the shipped DICOM sample)"
@@ -314,9 +316,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     query.add_argument("--qps-seconds", type=float, default=10.0)
     query.add_argument("--index", default="HNSW", choices=["HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT"])
     query.add_argument("--milvus-uri", default="", help="store (default: a fresh Lite file in a temp dir)")
-    query.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
-    query.add_argument("--log-level", default="WARNING")
-    query.add_argument("--log-json", action="store_true")
+    _add_out_flag(query)
+    add_logging_flags(query, "WARNING")
     query.set_defaults(func=cmd_bench_query)
 
     ingest = bench_sub.add_parser("ingest", help="Ray ingestion images/s vs actors and batch size, vs the bare model",
@@ -326,9 +327,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     ingest.add_argument("--actors", default="1,2", help="(default %(default)s)")
     ingest.add_argument("--batch-sizes", default="16,32", help="(default %(default)s)")
     ingest.add_argument("--limit", type=int, default=400, help="images per run, 0 = all (default %(default)s)")
-    ingest.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
-    ingest.add_argument("--log-level", default="WARNING")
-    ingest.add_argument("--log-json", action="store_true")
+    _add_out_flag(ingest)
+    add_logging_flags(ingest, "WARNING")
     ingest.set_defaults(func=cmd_bench_ingest)
 
     mig = bench_sub.add_parser("migrate", help="cbmir migrate rows/s, Milvus Lite -> a real Milvus server",
@@ -340,9 +340,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--batch-rows", type=int, default=1000, help="rows per page and write (default %(default)s)")
     mig.add_argument("--server-uri", default="", help="migrate into this Milvus server instead of starting one")
     mig.add_argument("--seed", type=int, default=0)
-    mig.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
-    mig.add_argument("--log-level", default="WARNING")
-    mig.add_argument("--log-json", action="store_true")
+    _add_out_flag(mig)
+    add_logging_flags(mig, "WARNING")
     mig.set_defaults(func=cmd_bench_migrate)
 
     fuzz = bench_sub.add_parser(
@@ -371,10 +370,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                       help="cbmir serve --decode-memory-budget-mb (default %(default)s, serve's default)")
     fuzz.add_argument("--classes", type=_words, default=(), help="comma list: only these request classes")
     fuzz.add_argument("--seed", type=int, default=0)
-    fuzz.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
+    _add_out_flag(fuzz)
     fuzz.add_argument("--keep-work", action="store_true", help="keep the collection, server log and audit log")
-    fuzz.add_argument("--log-level", default="WARNING")
-    fuzz.add_argument("--log-json", action="store_true")
+    add_logging_flags(fuzz, "WARNING")
     fuzz.set_defaults(func=cmd_bench_fuzz)
 
     from cbmir.bench.corpus import FORMAT_NAMES, SHARED_DATA
@@ -394,8 +392,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     corpus.add_argument("--formats", type=_words, default=FORMAT_NAMES,
                         help=f"comma list (default all: {','.join(FORMAT_NAMES)})")
     corpus.add_argument("--workers", type=int, default=0, help="encoding processes (default: one per core)")
-    corpus.add_argument("--log-level", default="WARNING")
-    corpus.add_argument("--log-json", action="store_true")
+    add_logging_flags(corpus, "WARNING")
     corpus.set_defaults(func=cmd_bench_corpus)
 
     decode = bench_sub.add_parser(
@@ -413,7 +410,6 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     decode.add_argument("--parallel-all", action="store_true",
                         help="img/s per core for every candidate (default: cbmir's decoder and the fastest one)")
     decode.add_argument("--backbone", default="efficientnet_lite0", help="model of the agreement check")
-    decode.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
-    decode.add_argument("--log-level", default="WARNING")
-    decode.add_argument("--log-json", action="store_true")
+    _add_out_flag(decode)
+    add_logging_flags(decode, "WARNING")
     decode.set_defaults(func=cmd_bench_decode)
