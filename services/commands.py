@@ -103,10 +103,13 @@ def print_hits(reply: Any, out: Any = sys.stdout) -> None:
         print(f"prefilter: {reply.prefilter_note}", file=out)
     if reply.reranked:
         print("re-ranked by HOG", file=out)
-    print(f"{'rank':>4}  {'score':>8}  {'label':<16} {'modality':<8} {'id':<14} source", file=out)
+    # The server sends `source` only with `serve --return-source`: no empty column otherwise.
+    sourced = any(hit.source for hit in reply.hits)
+    print(f"{'rank':>4}  {'score':>8}  {'label':<16} {'modality':<8} {'id':<14}{' source' if sourced else ''}".rstrip(),
+          file=out)
     for hit in reply.hits:
         print(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.label[:16]:<16} {hit.metadata.get('modality', '')[:8]:<8} "
-              f"{hit.id[:12]:<14} {hit.source}", file=out)
+              f"{hit.id[:12]:<14}{' ' + hit.source if sourced else ''}".rstrip(), file=out)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
