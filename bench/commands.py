@@ -368,7 +368,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                            "(default %(default)s, serve's default)")
     fuzz.add_argument("--decode-memory-budget-mb", type=int, default=1024,
                       help="cbmir serve --decode-memory-budget-mb (default %(default)s, serve's default)")
-    fuzz.add_argument("--classes", type=_words, default=(), help="comma list: only these request classes")
+    fuzz.add_argument("--classes", type=_words, default=(),
+                      help="comma list: only these request classes; largest_image (images at the pixel limit, "
+                           "seconds of decode each) runs only when named, e.g. --classes largest_image --clients 40")
     fuzz.add_argument("--seed", type=int, default=0)
     _add_out_flag(fuzz)
     fuzz.add_argument("--keep-work", action="store_true", help="keep the collection, server log and audit log")

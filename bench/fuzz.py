@@ -193,7 +193,8 @@ def run_fuzz(config: FuzzConfig, progress: Callable[[str], None] = print) -> dic
                    check=True, env=env, timeout=900, capture_output=True)
     progress(f"collection of {config.rows} rows built in {time.perf_counter() - started:.1f} s")
     valid = _valid_images()
-    classes = Classes(COLLECTION, valid, config.max_message_mb, bombs=config.bombs)
+    classes = Classes(COLLECTION, valid, config.max_message_mb, bombs=config.bombs,
+                      opt_in=tuple(c for c in config.classes if c in Classes.OPT_IN))
     if config.classes:
         unknown = set(config.classes) - set(classes.generators)
         if unknown:

@@ -196,11 +196,41 @@ def _vector(values: np.ndarray) -> bytes:
     return _search(vector=retrieval_pb2.FloatVector(values=values.astype(np.float32).tolist()))
 
 
-class Classes:
-    """The request classes: name → generator(rng) → Request. Bombs and real images are built once per run."""
+def largest_allowed_images(side: int) -> tuple[bytes, ...]:
+    """Images at the server's per-image pixel limit (side², 8192² by default) that are not bombs: real BreastMNIST
+    pixels tiled with a gradient, as an RGB PNG (3 bytes a pixel decoded) and a 16-bit grey PNG (2 bytes)."""
+    import io
 
-    def __init__(self, collection: str, valid_images: list[bytes], oversized_mib: int, bombs: bool = True) -> None:
+    from PIL import Image
+
+    from cbmir.ingestion.samples import BREASTMNIST_SUBSET
+
+    tile = np.load(BREASTMNIST_SUBSET)["train_images"][0].astype(np.float32)
+    reps = -(-side // tile.shape[0])
+    texture = np.tile(tile, (reps, reps))[:side, :side]
+    ramp = np.linspace(0, 64, side, dtype=np.float32)
+    grey = np.clip(texture * 0.75 + ramp[None, :], 0, 255)
+    encoded = []
+    for image in (Image.fromarray(np.stack([grey, grey[::-1], grey[:, ::-1]], -1).astype(np.uint8)),
+                  Image.fromarray((grey * 257).astype(np.uint16))):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)
+        encoded.append(buffer.getvalue())
+    return tuple(encoded)
+
+
+class Classes:
+    """The request classes: name → generator(rng) → Request. Bombs and real images are built once per run.
+
+    OPT_IN classes run only when asked for by name (`--classes`): they cost seconds of decode per request.
+    """
+
+    OPT_IN = ("largest_image",)
+
+    def __init__(self, collection: str, valid_images: list[bytes], oversized_mib: int, bombs: bool = True,
+                 opt_in: tuple[str, ...] = (), max_side: int = 8192) -> None:
         self.collection = collection
+        self.largest = largest_allowed_images(max_side) if "largest_image" in opt_in else ()
         self.valid_images = valid_images
         self.oversized = b"\x00" * ((oversized_mib << 20) + 1024)
         self.bombs = ((png_bomb(13000, 13000), deflated_dicom_bomb(1 << 30), png_declaring(13000, 13000),
@@ -217,6 +247,8 @@ class Classes:
             "huge_strings": self.huge_strings, "enums": self.enums, "unknown_fields": self.unknown_fields,
             "oversized": self.oversized_message,
         }
+        if self.largest:
+            self.generators["largest_image"] = self.largest_image
         if not bombs:
             del self.generators["bombs"]
 
@@ -224,7 +256,7 @@ class Classes:
     WEIGHTS = {"valid_image": 3, "protobuf_random": 8, "protobuf_other_methods": 4, "image_random": 8,
                "png_mutated": 10, "jpeg_mutated": 8, "dicom_mutated": 12, "dicom_header": 6, "bombs": 1.5,
                "vectors": 8, "top_k": 6, "filters": 8, "huge_strings": 6, "enums": 5, "unknown_fields": 4,
-               "oversized": 0.5}
+               "oversized": 0.5, "largest_image": 1}
 
     def valid_image(self, rng: np.random.Generator) -> Request:
         return SEARCH, _search(image=self.valid_images[int(rng.integers(len(self.valid_images)))])
@@ -302,6 +334,9 @@ class Classes:
             wire += raw_field(number, rng.bytes(int(rng.integers(0, 64)))) if rng.random() < 0.5 else \
                 raw_field(number, int(rng.integers(0, 2**62)))
         return SEARCH, wire
+
+    def largest_image(self, rng: np.random.Generator) -> Request:
+        return SEARCH, _search(image=self.largest[int(rng.integers(len(self.largest)))])
 
     def oversized_message(self, rng: np.random.Generator) -> Request:
         return SEARCH, raw_field(1, self.oversized) + raw_field(4, 3)

@@ -39,6 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.embedding import id_salt_digest
     from cbmir.services.embedding.id_salt import warn_if_unsalted
     from cbmir.services.query.engine import RetrievalEngine
+    from cbmir.services.query.memory import limit_malloc_arenas
     from cbmir.services.query.metrics import serve_metrics
     from cbmir.services.query.server import serve_forever, start_server
     from cbmir.services.query.tls import is_loopback
@@ -46,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.store.lite_limit import warn_if_past_lite_limit
 
     options = _server_options(args)
+    limit_malloc_arenas()  # before the RPC threads exist: each would otherwise get an arena of its own
     store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout,
                         search_consistency=args.search_consistency)
     model = load_model_for(args, store, args.collection)

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cbmir.services.query.audit import AuditLog, refusal_recorder
 from cbmir.services.query.auth import Authenticator, TokenAuthInterceptor
+from cbmir.services.query.concurrency import ConcurrencyLimitInterceptor
 from cbmir.services.query.engine import RetrievalEngine
 from cbmir.services.query.malformed import MalformedRequestInterceptor
 from cbmir.services.query.proto import DEFAULT_MAX_MESSAGE_MB, SERVICE_NAME, retrieval_pb2, retrieval_pb2_grpc
@@ -58,6 +59,7 @@ class RunningServer:
     max_concurrent_rpcs: int = 0
     health_server: grpc.Server | None = None
     health_port: int = 0  # the health listener's port; 0 when there is none
+    limiter: ConcurrencyLimitInterceptor | None = None
 
     def stop(self, grace: float = 2.0) -> None:
         if self.watcher is not None:
@@ -66,6 +68,8 @@ class RunningServer:
         self.server.stop(grace).wait()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
+        if self.limiter is not None:
+            self.limiter.close()
         if self.audit is not None:
             self.audit.close()
 
@@ -87,15 +91,17 @@ def start_server(
         raise ValueError(f"max concurrent RPCs must be >= 1, got {max_concurrent}")
     audit = AuditLog(options.audit_log) if options.audit_log else None
     on_refused = refusal_recorder(audit) if audit is not None else None
-    # Outermost first: garbage bytes are refused before anything else reads them. Refusals are audited too.
-    interceptors: list[grpc.ServerInterceptor] = [MalformedRequestInterceptor(on_refused)]
+    # Outermost first: a call over the limit is refused before anything else runs, then garbage bytes before
+    # anything reads them. Every refusal is audited too.
+    limiter = ConcurrencyLimitInterceptor(max_concurrent, on_refused)
+    interceptors: list[grpc.ServerInterceptor] = [limiter, MalformedRequestInterceptor(on_refused)]
     if options.authenticator.enabled:
         interceptors.append(TokenAuthInterceptor(options.authenticator, on_refused))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbmir-rpc"),
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)],
-        maximum_concurrent_rpcs=max_concurrent,
+        maximum_concurrent_rpcs=limiter.backstop(),
     )
     health_servicer = health.HealthServicer()
     watched = ("", SERVICE_NAME)
@@ -131,7 +137,8 @@ def start_server(
                                "model_id": engine.model.identity.model_id, "transport": security,
                                "token_auth": options.authenticator.enabled, "audit_log": options.audit_log or "",
                                "workers": workers, "max_concurrent_rpcs": max_concurrent})
-    return RunningServer(server, bound, health_servicer, watcher, audit, max_concurrent, health_server, health_port)
+    return RunningServer(server, bound, health_servicer, watcher, audit, max_concurrent, health_server, health_port,
+                         limiter)
 
 
 HEALTH_LISTENER_THREADS = 2

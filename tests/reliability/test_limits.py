@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import grpc
 
@@ -85,3 +87,34 @@ def test_health_port_answers_while_the_service_port_is_saturated(corpus) -> None
             assert "RESOURCE_EXHAUSTED" in with_burst[1::2]  # while the service port refused health itself
     finally:
         running.stop()
+
+
+def test_every_call_refused_over_the_limit_is_audited_with_its_peer(corpus, tmp_path: Path) -> None:
+    # gRPC core's own limit refused before any Python code ran: those refusals never reached the audit log.
+    audit_path = tmp_path / "audit.jsonl"
+    engine = SlowEngine(corpus.store, corpus.model, "reliability")
+    running = start_server(engine, host="127.0.0.1", port=0, workers=2,
+                           options=ServerOptions(max_concurrent_rpcs=3, store_check_seconds=0,
+                                                 audit_log=str(audit_path)))
+    try:
+        with RetrievalClient(f"127.0.0.1:{running.port}", timeout=30) as client:
+            request = retrieval_pb2.SearchRequest(id=corpus.ids[0], top_k=3)
+            calls = [client.stub.Search.future(request, timeout=30) for _ in range(20)]
+            refused = []
+            for call in calls:
+                try:
+                    call.result()
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+                    assert "--max-concurrent-rpcs" in (error.details() or "")
+                    refused.append(error)
+            assert refused
+        assert running.limiter is not None and running.limiter.in_flight == 0  # every admitted slot given back
+    finally:
+        running.stop()
+    records = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    exhausted = [r for r in records if r["status"] == "RESOURCE_EXHAUSTED"]
+    assert len(exhausted) == len(refused)
+    assert all(r["peer"].startswith(("ipv4:127.0.0.1", "ipv6:")) and r["method"] == "Search" for r in exhausted)
+    assert all(r.get("reason") == "concurrent call limit" for r in exhausted)
+    assert len([r for r in records if r["status"] == "OK"]) == 20 - len(refused)
