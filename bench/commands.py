@@ -207,6 +207,21 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_bench_service(args: argparse.Namespace) -> int:
+    """Vector queries over the real gRPC service on an existing collection: serial and at 1/4/16 clients."""
+    from cbmir.bench import run_record
+    from cbmir.bench.service import ServiceBenchConfig, run_service_bench, service_plot, service_table
+
+    out_dir = _out_dir(args.out)
+    config = ServiceBenchConfig(milvus_uri=args.milvus_uri, collection=args.collection, clients=_ints(args.clients),
+                                queries=args.queries, top_k=args.k, qps_seconds=args.qps_seconds,
+                                search_params=tuple(args.search_param), workers=args.workers)
+    print(f"cbmir bench service -> {out_dir}  {args.milvus_uri} {args.collection}", flush=True)
+    record = {"machine": run_record.machine(), "versions": run_record.versions(),
+              **run_service_bench(config, progress=lambda line: print(line, flush=True))}
+    return _write_outputs(record, out_dir / "service.json", service_plot, service_table)
+
+
 def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
                    table: Callable[[dict[str, Any]], str]) -> int:
     """A benchmark's three outputs: its JSON record, its PNG plot beside it, its table on stdout."""
@@ -343,6 +358,25 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     _add_out_flag(mig)
     add_logging_flags(mig, "WARNING")
     mig.set_defaults(func=cmd_bench_migrate)
+
+    service = bench_sub.add_parser(
+        "service", help="vector queries over cbmir's gRPC service on an existing collection: QPS at 1/4/16 clients",
+        description="Start `cbmir serve --vectors-only` on an existing collection (e.g. bench_1000000_p1, kept by "
+                    "`cbmir bench search --reuse` on a Milvus server), time serial vector queries (round trip, "
+                    "Milvus search, service overhead), then QPS and p50/p99 at each client count. Writes "
+                    "results/bench/<timestamp>/service.json, a PNG and a table.")
+    service.add_argument("--milvus-uri", required=True, help="the store holding the collection")
+    service.add_argument("--collection", required=True)
+    service.add_argument("--clients", default="1,4,16", help="concurrent clients (default %(default)s)")
+    service.add_argument("--queries", type=int, default=200, help="query vectors (default %(default)s)")
+    service.add_argument("-k", type=int, default=10)
+    service.add_argument("--qps-seconds", type=float, default=10.0, help="seconds per client count")
+    service.add_argument("--search-param", action="append", default=[], metavar="KEY=N",
+                         help="cbmir serve --search-param (e.g. ef=128)")
+    service.add_argument("--workers", type=int, default=8, help="cbmir serve --workers (default %(default)s)")
+    _add_out_flag(service)
+    add_logging_flags(service, "WARNING")
+    service.set_defaults(func=cmd_bench_service)
 
     fuzz = bench_sub.add_parser(
         "fuzz", help="bad inputs of every class against a real cbmir serve: statuses, leaks, server alive, RSS",

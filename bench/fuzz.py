@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cbmir.bench.fuzz_inputs import Classes
+from cbmir.bench.serve_process import start_serve, stop_serve
 
 COLLECTION = "fuzz"
 CRASH_STATUSES = ("INTERNAL", "UNKNOWN")
@@ -121,44 +121,18 @@ class Served:
 
 def serve(work: Path, config: FuzzConfig, env: dict[str, str]) -> Served:
     """`cbmir serve` on the collection, in its own process on 127.0.0.1; returns once health says SERVING."""
-    import grpc
-
-    from cbmir.services.query.client import RetrievalClient
-    from cbmir.services.store.milvus_server import free_ports
-
-    port = free_ports(1)[0]
     audit = work / "audit.jsonl" if config.audit_log else None
-    command = [sys.executable, "-m", "cbmir.cli", "serve", "--milvus-uri", str(work / "cbmir.db"), "--collection",
-               COLLECTION, "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING", "--workers",
-               str(config.workers), "--max-message-mb", str(config.max_message_mb), "--decode-memory-budget-mb",
-               str(config.decode_budget_mb)]
+    args = ["--milvus-uri", str(work / "cbmir.db"), "--collection", COLLECTION, "--metrics-port", "0", "--log-level",
+            "WARNING", "--workers", str(config.workers), "--max-message-mb", str(config.max_message_mb),
+            "--decode-memory-budget-mb", str(config.decode_budget_mb)]
     if audit:
-        command += ["--audit-log", str(audit)]
-    log_path = work / "serve.log"
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
-    served = Served(process, f"127.0.0.1:{port}", log_path, audit)
-    deadline = time.monotonic() + 300
-    with RetrievalClient(served.target, timeout=2) as client:
-        while True:
-            try:
-                if client.health() == "SERVING":
-                    return served
-            except grpc.RpcError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop(served)
-                raise RuntimeError(f"cbmir serve did not come up: {log_path.read_text()[-2000:]}")
-            time.sleep(0.5)
+        args += ["--audit-log", str(audit)]
+    started = start_serve(args, work / "serve.log", env=env)
+    return Served(started.process, started.target, started.log_path, audit)
 
 
 def stop(served: Served) -> None:
-    served.process.send_signal(signal.SIGINT)
-    try:
-        served.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        served.process.kill()
-        served.process.wait()
+    stop_serve(served)  # type: ignore[arg-type]
 
 
 def _schedule(classes: Classes, total: int, seed: int) -> list[str]:

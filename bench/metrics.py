@@ -34,14 +34,18 @@ def serial(call: Callable[[int], object], count: int, budget_s: float, min_count
 
 
 def throughput(call: Callable[[int], object], clients: int, seconds: float, queries: int) -> dict[str, float]:
-    """Queries per second with `clients` threads each issuing one query after another for `seconds`."""
+    """Queries per second with `clients` threads each issuing one query after another for `seconds`, and the
+    latency percentiles of those calls (what one client sees under that load)."""
     done = [0] * clients
+    latencies: list[list[float]] = [[] for _ in range(clients)]
     stop = threading.Event()
 
     def client(c: int) -> None:
         i = c
         while not stop.is_set():
+            t0 = time.perf_counter()
             call(i % queries)
+            latencies[c].append(time.perf_counter() - t0)
             done[c] += 1
             i += clients
 
@@ -53,4 +57,6 @@ def throughput(call: Callable[[int], object], clients: int, seconds: float, quer
         for f in futures:
             f.result()
         elapsed = time.perf_counter() - started
-    return {"clients": clients, "qps": sum(done) / elapsed, "queries": sum(done), "seconds": elapsed}
+    under_load = latency_summary([t for per_client in latencies for t in per_client])
+    return {"clients": clients, "qps": sum(done) / elapsed, "queries": sum(done), "seconds": elapsed,
+            **{k: v for k, v in under_load.items() if k.endswith("_ms")}}

@@ -43,14 +43,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cbmir.services.query.metrics import serve_metrics
     from cbmir.services.query.server import serve_forever, start_server
     from cbmir.services.query.tls import is_loopback
+    from cbmir.services.query.vector_only import StoredVectorsModel
     from cbmir.services.store import MilvusStore
+    from cbmir.services.store.index import parse_search_overrides
     from cbmir.services.store.lite_limit import warn_if_past_lite_limit
 
     options = _server_options(args)
     limit_malloc_arenas()  # before the RPC threads exist: each would otherwise get an arena of its own
+    try:
+        overrides = parse_search_overrides(args.search_param)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     store = MilvusStore(args.milvus_uri, token=args.milvus_token, timeout=args.store_timeout,
-                        search_consistency=args.search_consistency)
-    model = load_model_for(args, store, args.collection)
+                        search_consistency=args.search_consistency, search_overrides=overrides)
+    if args.vectors_only:
+        if not store.has_collection(args.collection):
+            raise SystemExit(f"error: collection {args.collection!r} not found: --vectors-only serves an existing "
+                             "collection (ingest it first, or pass --collection)")
+        try:
+            model = StoredVectorsModel.of_collection(store.model_identity_json(args.collection))
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+    else:
+        model = load_model_for(args, store, args.collection)
     engine = RetrievalEngine(store, model, args.collection, max_top_k=args.max_top_k,
                              max_image_bytes=args.max_image_mb * 1024 * 1024,
                              min_confidence=args.prefilter_min_confidence, return_source=args.return_source,
@@ -255,6 +270,12 @@ def add_service_commands(sub: Any) -> None:
                         help="Milvus consistency level of each search (default %(default)s: no wait in a process "
                              "that does not write; Bounded/Eventually: never wait; Strong: waits for the next time "
                              "tick, ~100-200 ms per search on a Milvus server)")
+    limits.add_argument("--search-param", action="append", default=[], metavar="KEY=N",
+                        help="override the search parameter each collection recorded at creation: ef=N for HNSW, "
+                             "nprobe=N for IVF (higher: better recall, slower); repeatable")
+    limits.add_argument("--vectors-only", action="store_true",
+                        help="load no model: answer vector and id queries only (clients that embed themselves); "
+                             "image queries get FAILED_PRECONDITION. Served collections must record one identity")
     limits.add_argument("--health-port", type=int, default=None,
                         help="also answer grpc.health.v1 on this port, plain text, from its own threads: probes pass "
                              "under any load, and the kubelet's native gRPC probe reaches it when --tls-cert is on "

@@ -14,6 +14,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     store = sys.modules.get("cbmir.services.store.milvus")
     if store is not None:
         found.append(store.StoreError)
+    engine = sys.modules.get("cbmir.services.query.engine")
+    if engine is not None:  # `cbmir serve` checking its collection at start: missing, or another model's
+        found.append(engine.QueryRejected)
     return tuple(found)
 
 

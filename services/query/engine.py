@@ -19,6 +19,7 @@ from cbmir.services.embedding.declared import DeclaredSizeError, declared_size
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
 from cbmir.services.embedding.preprocess import decode_resized
 from cbmir.services.query.admission import DEFAULT_DECODE_BUDGET_BYTES, BudgetExceeded, DecodeBudget
+from cbmir.services.query.vector_only import StoredVectorsModel
 from cbmir.services.quoting import shown
 from cbmir.services.store import (
     CollectionInfo,
@@ -99,7 +100,7 @@ class RetrievalEngine:
     def __init__(
         self,
         store: MilvusStore,
-        model: EmbeddingModel,
+        model: EmbeddingModel | StoredVectorsModel,
         default_collection: str,
         max_top_k: int = DEFAULT_MAX_TOP_K,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
@@ -119,7 +120,8 @@ class RetrievalEngine:
         self.max_image_pixels = max_image_pixels
         self.decode_budget = DecodeBudget(decode_budget_bytes)
         self.classes: list[str] | None = getattr(model, "classes", None)
-        self._model_json = model.identity.to_json()
+        self.vectors_only = isinstance(model, StoredVectorsModel)  # cbmir serve --vectors-only: no CNN loaded
+        self._model_json = model.identity_json if isinstance(model, StoredVectorsModel) else model.identity.to_json()
         self._checked: dict[str, int] = {}  # collection → dim, for collections of this model
         self._lock = threading.Lock()
 
@@ -129,6 +131,8 @@ class RetrievalEngine:
         """Run the query paths of the model once on a grey image, so the first real query is not the one that
         pays for lazy initialisation (oneDNN kernels, autocast caches: ~5x a warm embed). Returns the ms spent."""
         started = time.perf_counter()
+        if self.vectors_only:
+            return 0.0
         size = self.model.preprocessing.input_size
         grey = np.full((size, size), 0.5, dtype=np.float32)
         self.model.embed([grey])
@@ -161,6 +165,9 @@ class RetrievalEngine:
         if not 1 <= query.top_k <= self.max_top_k:
             raise QueryRejected(Rejection.INVALID, f"top_k must be between 1 and {self.max_top_k}, got {query.top_k}")
         if query.image is not None:
+            if self.vectors_only:
+                raise QueryRejected(Rejection.PRECONDITION, "this server answers vector and id queries only "
+                                                            "(cbmir serve --vectors-only: no model loaded)")
             if not query.image:
                 raise QueryRejected(Rejection.INVALID, "image is empty")
             if len(query.image) > self.max_image_bytes:

@@ -49,6 +49,29 @@ def choose_index(index_type: str = "HNSW", metric: str = "COSINE", expected_rows
     return IndexConfig(index_type, metric, {}, {})
 
 
+# The search parameter each index type takes: what an operator may override at serve time (`--search-param`).
+SEARCH_PARAMETERS = {"HNSW": "ef", "IVF_FLAT": "nprobe", "IVF_SQ8": "nprobe"}
+
+
+def parse_search_overrides(items: list[str]) -> dict[str, int]:
+    """["ef=128", "nprobe=32"] → {"ef": 128, "nprobe": 32}; anything else is refused with the allowed keys."""
+    allowed = sorted(set(SEARCH_PARAMETERS.values()))
+    overrides: dict[str, int] = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in allowed or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"bad search parameter {item!r}: expected KEY=N with KEY one of {', '.join(allowed)} "
+                             f"and N >= 1 (e.g. ef=128)")
+        overrides[key] = int(value)
+    return overrides
+
+
+def with_overrides(index_type: str, search: dict[str, Any], overrides: dict[str, int]) -> dict[str, Any]:
+    """The recorded search parameters with the override of this index type's own parameter, if given."""
+    key = SEARCH_PARAMETERS.get(index_type)
+    return {**search, key: overrides[key]} if key in overrides else dict(search)
+
+
 def search_params_for(config: IndexConfig, top_k: int) -> dict[str, Any]:
     """HNSW needs ef >= k; everything else searches as configured."""
     params = dict(config.search_params)

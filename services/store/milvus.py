@@ -20,7 +20,7 @@ from pymilvus.exceptions import MilvusException
 from cbmir.services.store import schema
 from cbmir.services.store.defaults import DEFAULT_URI, is_server_uri
 from cbmir.services.store.filters import build_filter_expression, ids_expression
-from cbmir.services.store.index import IndexConfig, choose_index, search_params_for
+from cbmir.services.store.index import IndexConfig, choose_index, search_params_for, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,8 @@ class MilvusStore:
     """Collections of image embeddings with their labels; the only code that talks to Milvus."""
 
     def __init__(self, uri: str = DEFAULT_URI, token: str = "", timeout: float = DEFAULT_TIMEOUT,
-                 search_consistency: str = DEFAULT_SEARCH_CONSISTENCY) -> None:
+                 search_consistency: str = DEFAULT_SEARCH_CONSISTENCY,
+                 search_overrides: dict[str, int] | None = None) -> None:
         if search_consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"unknown consistency level {search_consistency!r}: choose from "
                              f"{', '.join(CONSISTENCY_LEVELS)}")
@@ -161,6 +162,9 @@ class MilvusStore:
         self._load_lock = threading.Lock()
         self.timeout = timeout
         self.search_consistency = search_consistency
+        # Search parameters that win over what each collection recorded at creation (e.g. {"ef": 128}): the
+        # operator's recall / latency trade-off for a collection that grew past the size it was created for.
+        self.search_overrides = dict(search_overrides or {})
         if not is_server_uri(uri):
             path = Path(uri)
             if path.suffix != ".db":
@@ -324,6 +328,7 @@ class MilvusStore:
                 chosen = choose_index(described["index_type"], described["metric_type"],
                                       expected_rows=max(self.count(name), int(build.get("nlist", 1)) ** 2 // 16))
                 search = chosen.search_params
+            search = with_overrides(described["index_type"], search, self.search_overrides)
             self._index_cache[name] = IndexConfig(described["index_type"], described["metric_type"], build, search)
         return self._index_cache[name]
 
