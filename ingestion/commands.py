@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from cbmir.services.flags import add_logging_flags, add_model_flags, add_secret_flags, add_store_flags
@@ -41,8 +42,10 @@ def add_ingest_command(sub: Any) -> None:
     ingest.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default %(default)s)")
     ingest.add_argument("--gpus-per-actor", type=float, default=1.0,
                         help="with --device cuda: GPUs per actor, fractions share a GPU (default %(default)s)")
-    ingest.add_argument("--ray-address", default=None,
-                        help="Ray cluster address (e.g. auto, ray://head:10001); default: a local Ray")
+    ingest.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None,
+                        help="Ray cluster address (e.g. auto, 10.0.0.1:6379, ray://head:10001); default: $RAY_ADDRESS, "
+                             "else a local Ray. A cluster with token auth needs RAY_AUTH_MODE=token and "
+                             "RAY_AUTH_TOKEN set here as on its nodes")
     ingest.add_argument("--index", default="HNSW", choices=["HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT"],
                         help="index of a new collection (default %(default)s)")
     ingest.add_argument("--metric", default="COSINE", choices=["COSINE", "L2", "IP"],

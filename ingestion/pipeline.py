@@ -41,6 +41,9 @@ READ_TASK_RETRIES = 4
 # On a cluster, the actor pool starts whole before the first batch is dispatched: a node that starts its actor
 # later (shipping py_modules, importing torch) otherwise sees no batch of a short run, and the work is not spread.
 CLUSTER_ACTOR_START_SECONDS = 600
+# How long a cluster gets to reserve one place per node for the embedding actors (a placement group) before they
+# are scheduled without it: the reservation waits only for resources that running work holds.
+PLACEMENT_WAIT_SECONDS = 60
 # The listing goes to Ray as about this many blocks at most (more past 256 x LISTING_CHUNK_ITEMS items): enough
 # parallel read tasks for a cluster, few enough for the driver, where each block costs ~45 KB (its ref and
 # from_arrow_refs' metadata task; measured by bench/listing_memory.py: 1 563 blocks of 64 items took 69 MiB).
@@ -104,13 +107,12 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     A local start first ends what a SIGKILLed run left behind (stale_ray_sessions), then retries a failed start
     a bounded number of times; Ray is shut down on the way out, also on an error."""
     started_here = False
+    address = ray_address(address)
     if not ray.is_initialized():
         if address is None:
             start_local_ray(num_cpus)
         else:
-            # Ship the driver's cbmir package so cluster workers run the same reader and model code.
-            ray.init(address=address, logging_level=logging.WARNING,
-                     runtime_env={"py_modules": [str(staged_cbmir_package())]})
+            attach_to_cluster(address)
         started_here = True
     try:
         context = ray.data.DataContext.get_current()
@@ -131,6 +133,45 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     finally:
         if started_here:
             ray.shutdown()
+
+
+def ray_address(address: str | None) -> str | None:
+    """The cluster to attach to: `address`, else $RAY_ADDRESS (what `ray.init()` itself would attach to), else None
+    (a local Ray). One answer for the report, the plan and the start, whichever way the address was given."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+class RayAttachError(ValueError):
+    """The Ray cluster refused this driver; the message says what to set (a ValueError: one line, exit 2)."""
+
+
+def attach_to_cluster(address: str) -> None:
+    """ray.init attached to the cluster at `address`, shipping the driver's cbmir package so its workers run the
+    same reader and model code. A cluster with token auth (Ray 2.60 `ray start` turns it on) refuses a driver
+    without its token: that becomes one RayAttachError naming RAY_AUTH_MODE and RAY_AUTH_TOKEN."""
+    try:
+        ray.init(address=address, logging_level=logging.WARNING,
+                 runtime_env={"py_modules": [str(staged_cbmir_package())]})
+    except Exception as error:  # noqa: BLE001 - the auth error arrives wrapped (ConnectionError <- RuntimeError)
+        if not _refused_token(error):
+            raise
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        raise RayAttachError(
+            f"the Ray cluster at {address} refused this driver's token (none, or not the cluster's): "
+            f"set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the token its nodes were started with> (or "
+            f"RAY_AUTH_TOKEN_PATH=<file holding it>) and run again (docs/scaling.md)") from None
+
+
+def _refused_token(error: BaseException | None) -> bool:
+    """Whether `error` or an error that caused it is the cluster refusing the auth token. Ray 2.60's ray.init
+    raises ConnectionError from a RuntimeError whose message carries the AuthenticationError's text."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(error):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 # Lines Ray's C++ core prints on the driver's stderr that ask nothing of the user. Ray Data always puts an actor
@@ -427,15 +468,73 @@ def embedded_batches(blocks: Iterable[pa.Table], existing_ids: np.ndarray, confi
     dataset = read_stage(listed, existing_ids, config, plan, input_size)
     # No more actors than batches: an actor that can get no batch only loads a model (and Ray warns about it).
     actors = max(1, min(config.actors, math.ceil(counted[0] / config.batch_size)))
-    dataset = _map_batches(
-        dataset, RayEmbedder, {"max_restarts": ACTOR_MAX_RESTARTS, "max_task_retries": ACTOR_MAX_TASK_RETRIES},
-        fn_constructor_kwargs={**_model_options(config, plan), "descriptor": config.rerank_descriptor},
-        batch_format="pyarrow",
-        batch_size=config.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=plan.actor_cpus,
-        num_gpus=plan.actor_gpus or None,
-    )
-    log.info("ray plan: read tasks %.2f CPU, %d actors x %.2f CPU / %.2f GPU, %d torch threads",
-             plan.read_cpus, actors, plan.actor_cpus, plan.actor_gpus, plan.torch_threads)
-    yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+    with actors_spread_over_nodes(plan, actors) as placement:
+        dataset = _map_batches(
+            dataset, RayEmbedder,
+            {"max_restarts": ACTOR_MAX_RESTARTS, "max_task_retries": ACTOR_MAX_TASK_RETRIES, **placement},
+            fn_constructor_kwargs={**_model_options(config, plan), "descriptor": config.rerank_descriptor},
+            batch_format="pyarrow",
+            batch_size=config.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=plan.actor_cpus,
+            num_gpus=plan.actor_gpus or None,
+        )
+        log.info("ray plan: read tasks %.2f CPU, %d actors x %.2f CPU / %.2f GPU, %d torch threads",
+                 plan.read_cpus, actors, plan.actor_cpus, plan.actor_gpus, plan.torch_threads)
+        yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def actor_hosts(plan: ResourcePlan, per_node: int = 1) -> list[str]:
+    """Ids of the alive nodes that can host `per_node` embedding actors (their CPUs and GPUs; a KubeRay head
+    started with num-cpus 0 hosts none)."""
+    return [node["NodeID"] for node in ray.nodes() if node.get("Alive")
+            and node["Resources"].get("CPU", 0.0) >= per_node * plan.actor_cpus
+            and node["Resources"].get("GPU", 0.0) >= per_node * plan.actor_gpus]
+
+
+@contextlib.contextmanager
+def actors_spread_over_nodes(plan: ResourcePlan, actors: int,
+                             wait_s: float = PLACEMENT_WAIT_SECONDS) -> Iterator[dict[str, Any]]:
+    """Remote args that place the `actors` embedding actors evenly over the nodes: {} on one node.
+
+    Ray Data already schedules actors "SPREAD", and a placement group can be "SPREAD" too, but both are
+    preferences: on a cold two-node cluster both actors started on the head node (40 rows / 0, issue 21), and a
+    SPREAD group of two bundles was seen on one node of two free ones. So the group is STRICT_SPREAD, one bundle
+    per node, each bundle the resources of ceil(actors / nodes) actors; each actor takes room in any bundle
+    (bundle index -1). The bundles hold exactly the actors but for at most one actor's room, so each node used
+    gets ceil(actors / nodes) of them, one node maybe one fewer. When the cluster cannot reserve the group within
+    `wait_s` (nodes busy or too small), the actors are scheduled as Ray Data would, with a warning: spreading is
+    for speed.
+    The group is removed on the way out, also on an error.
+    """
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    nodes = len(actor_hosts(plan))
+    per_node = math.ceil(actors / max(1, min(nodes, actors)))
+    hosts = actor_hosts(plan, per_node)
+    if actors < 2 or len(hosts) < 2:
+        yield {}
+        return
+    # per_node actors a node; as few nodes as that needs, so every bundle but at most one is full (4 actors on 3
+    # nodes: 2 + 2, not 2 + 1 + 1 with a bundle's room unused or 2 + 2 + 0 with a whole bundle unused).
+    per_node = math.ceil(actors / min(len(hosts), actors))
+    bundles = math.ceil(actors / per_node)
+    bundle = {"CPU": round(per_node * plan.actor_cpus, 4)}
+    if plan.actor_gpus:
+        bundle["GPU"] = round(per_node * plan.actor_gpus, 4)
+    group = placement_group([dict(bundle) for _ in range(bundles)], strategy="STRICT_SPREAD")
+    try:
+        try:
+            ray.get(group.ready(), timeout=wait_s)
+        except ray.exceptions.GetTimeoutError:
+            log.warning("the Ray cluster did not reserve %d bundles of %s on distinct nodes within %.0f s: the "
+                        "embedding actors are placed as Ray schedules them, maybe several on one node", bundles,
+                        bundle, wait_s)
+            yield {}
+            return
+        log.info("placement: %d actors over %d nodes, up to %d per node (placement group, STRICT_SPREAD)",
+                 actors, bundles, per_node)
+        yield {"scheduling_strategy": PlacementGroupSchedulingStrategy(group)}
+    finally:
+        remove_placement_group(group)

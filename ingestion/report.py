@@ -62,6 +62,10 @@ class IngestReport:
             f"{self.seconds:.1f} s, {self.images_per_second:.1f} images/s with {self.actors} actor(s), batch "
             f"{self.batch_size}, {self.backbone} on {self.device} (model {self.model_id})",
         ]
+        if len(self.rows_per_node) > 1:  # a cluster: where the work ran (node ids shortened as `ray status` does)
+            lines.append("per node: " + ", ".join(
+                f"{node[:8]} {rows} rows ({self.actors_per_node.get(node, 0)} actor(s))"
+                for node, rows in sorted(self.rows_per_node.items(), key=lambda item: -item[1])))
         for failure in self.failures[:SUMMARY_MAX_FAILURES]:
             lines.append(f"  failed: {failure['source']}: {failure['reason']}")
         if self.failed > SUMMARY_MAX_FAILURES:

@@ -36,6 +36,7 @@ from cbmir.ingestion.pipeline import (
     node_cpus,
     plan_resources,
     probe_model,
+    ray_address,
     ray_session,
 )
 from cbmir.ingestion.reader import sorted_id_array
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 def run_ingestion(config: IngestConfig) -> IngestReport:
     """Ingest `config.source` into the collection; rerunning adds only what is not stored yet."""
     started = time.perf_counter()
+    # $RAY_ADDRESS attaches exactly as --ray-address does: recorded, spread, code shipped.
+    config = replace(config, ray_address=ray_address(config.ray_address))
     # Counted and checked here, listed again chunk by chunk as Ray takes the blocks: never held whole.
     scan = scan_source(config)
     report = IngestReport(

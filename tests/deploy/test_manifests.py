@@ -253,7 +253,7 @@ def test_tls_and_token_files_come_from_mounted_secrets() -> None:
     assert {i["path"] for i in auth["secret"]["items"]} == {Path(args.auth_tokens_file).name}
 
 
-def test_compose_query_service_mounts_its_secrets_and_checks_health_over_tls() -> None:
+def test_compose_query_service_mounts_its_secrets_and_checks_health_on_the_health_port() -> None:
     compose = _compose()
     query = compose["services"]["query"]
     args = _parse(query["command"])
@@ -262,9 +262,11 @@ def test_compose_query_service_mounts_its_secrets_and_checks_health_over_tls() -
     assert set(query["secrets"]) <= set(compose["secrets"])
     assert f"{GRPC_PORT}:{GRPC_PORT}" in query["ports"] and f"{METRICS_PORT}:{METRICS_PORT}" in query["ports"]
     test = query["healthcheck"]["test"]
-    assert test[0] == "CMD"
-    flags = _check_probe_command(test[1:], "compose query healthcheck")
-    assert flags["--tls-ca"] == args.tls_cert
+    assert test[0] == "CMD" and test[1] == "cbmir-health"
+    flags = dict(zip(test[2::2], test[3::2], strict=True))
+    # Plain text on the container's own loopback health listener: no TLS, so no client certificate under mTLS.
+    assert flags == {"--target": f"127.0.0.1:{args.health_port}", "--service": ""}
+    assert args.health_host == "127.0.0.1"
 
 
 def test_the_probe_script_is_a_valid_cli() -> None:
