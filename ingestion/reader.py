@@ -33,9 +33,11 @@ from cbmir.ingestion.batches import (
     STATUS_PRESENT,
     URI,
 )
+from cbmir.ingestion.dicomweb import fetch_instance, is_dicomweb_source, split_instance_uri
+from cbmir.ingestion.sources import SourceError
 from cbmir.ingestion.wire import pack
 from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id
-from cbmir.services.embedding.decode import file_content_key
+from cbmir.services.embedding.decode import dicom_content_key, file_content_key
 from cbmir.services.embedding.preprocess import decode_resized, presize
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ ID_ARRAY_STEP = 8_192
 
 
 def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt: str = "", *,
-               input_size: int) -> pa.Table:
+               input_size: int, pacs_credentials: str = "") -> pa.Table:
     """Read, decode and resize to `input_size` every item of `batch`; `existing_ids` is a sorted bytes array of
     ids already stored.
 
@@ -57,7 +59,7 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt:
     out: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
     for i in range(batch.num_rows):
         item = {key: values[i] for key, values in columns.items()}
-        row = read_item(item, existing_ids, id_salt, input_size=input_size)
+        row = read_item(item, existing_ids, id_salt, input_size=input_size, pacs_credentials=pacs_credentials)
         for name in READ_SCHEMA.names:
             if name != DECODE_SECONDS:
                 out[name].append(row.get(name))
@@ -67,9 +69,13 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt:
 
 
 def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: str = "", *,
-              input_size: int) -> dict[str, Any]:
+              input_size: int, pacs_credentials: str = "") -> dict[str, Any]:
     """One item → its output row, pixels resized to input_size x input_size (`decode_resized`, the same call the
-    query service makes); every failure is caught here and becomes a reason."""
+    query service makes); every failure is caught here and becomes a reason.
+
+    A file is read from its path; a PACS instance (dicomweb+http://.../instances/UID) is fetched over WADO-RS
+    with `pacs_credentials`, unless its SOP Instance UID's id is already stored.
+    """
     row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
                            ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: [], PIXEL_DTYPE: ""}
     try:
@@ -78,6 +84,13 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
             decoded = DecodedImage(
                 pixels=presize(array.pixels, input_size, array.metadata.get("bits", "")),
                 content_key=array.content_key, metadata=array.metadata)
+        elif is_dicomweb_source(item[URI]):
+            # The listing knows the SOP Instance UID, so a stored instance is skipped before any network fetch.
+            known_id = image_id(dicom_content_key(split_instance_uri(item[URI])[3]), salt=id_salt)
+            if existing_ids is not None and _contains(existing_ids, known_id):
+                row[ID], row[STATUS] = known_id, STATUS_PRESENT
+                return row
+            decoded = decode_resized(fetch_instance(item[URI], pacs_credentials), input_size)
         else:
             with open(item[URI], "rb") as handle:
                 data = handle.read()
@@ -96,6 +109,9 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         return row
     except ImageDecodeError as error:
         row[REASON] = str(error) or "cannot decode image"
+        return row
+    except SourceError as error:  # the PACS refused or failed this one fetch
+        row[REASON] = str(error)
         return row
     except Exception as error:  # a decoder bug on one odd file must not end a run of millions
         log.warning("unexpected error decoding %s", item[NAME], exc_info=True)

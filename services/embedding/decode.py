@@ -84,6 +84,11 @@ def file_content_key(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def dicom_content_key(sop_instance_uid: str) -> str:
+    """`dicom:<SOP Instance UID>`: a DICOM image's key whatever its transfer syntax, file or network path."""
+    return f"dicom:{sop_instance_uid}"
+
+
 def pixel_content_key(raw: np.ndarray) -> str:
     """`pixels:<sha256>` over canonical (little-endian, C-order) integer pixels, their shape and dtype.
 
@@ -363,7 +368,7 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 
 
     sop_uid = _dicom_str(ds, "SOPInstanceUID")
     # The SOP Instance UID names the image whatever its transfer syntax; without one, the file's bytes do.
-    content_key = f"dicom:{sop_uid}" if sop_uid else file_content_key(data)
+    content_key = dicom_content_key(sop_uid) if sop_uid else file_content_key(data)
     return DecodedImage(
         pixels=_finish(pixels),
         content_key=content_key,
