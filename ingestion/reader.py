@@ -3,6 +3,7 @@ bad files become reasons. It runs in Ray read tasks, so only small compact image
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import logging
@@ -31,6 +32,7 @@ from cbmir.ingestion.batches import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PRESENT,
+    THUMBNAIL,
     URI,
 )
 from cbmir.ingestion.dicomweb import fetch_instance, is_dicomweb_source, split_instance_uri
@@ -39,6 +41,7 @@ from cbmir.ingestion.wire import pack
 from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id
 from cbmir.services.embedding.decode import dicom_content_key, file_content_key
 from cbmir.services.embedding.preprocess import decode_resized, presize
+from cbmir.services.embedding.thumbnail import thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +86,14 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
             array = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
             decoded = DecodedImage(
                 pixels=presize(array.pixels, input_size, array.metadata.get("bits", "")),
-                content_key=array.content_key, metadata=array.metadata)
+                content_key=array.content_key, metadata=array.metadata, thumbnail=thumbnail_jpeg(array.pixels))
         elif is_dicomweb_source(item[URI]):
             # The listing knows the SOP Instance UID, so a stored instance is skipped before any network fetch.
             known_id = image_id(dicom_content_key(split_instance_uri(item[URI])[3]), salt=id_salt)
             if existing_ids is not None and _contains(existing_ids, known_id):
                 row[ID], row[STATUS] = known_id, STATUS_PRESENT
                 return row
-            decoded = decode_resized(fetch_instance(item[URI], pacs_credentials), input_size)
+            decoded = decode_resized(fetch_instance(item[URI], pacs_credentials), input_size, thumbnail=True)
         else:
             with open(item[URI], "rb") as handle:
                 data = handle.read()
@@ -100,7 +103,7 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
             if existing_ids is not None and _contains(existing_ids, file_id):
                 row[ID], row[STATUS] = file_id, STATUS_PRESENT
                 return row
-            decoded = decode_resized(data, input_size)
+            decoded = decode_resized(data, input_size, thumbnail=True)
     except FileNotFoundError:
         row[REASON] = "file not found"
         return row
@@ -126,6 +129,8 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         return row
     row[STATUS] = STATUS_OK
     row[PIXELS], row[SHAPE], row[PIXEL_DTYPE] = pack(decoded.pixels)
+    # What a contact sheet shows for this row: pixels only, small (services/embedding/thumbnail.py).
+    row[THUMBNAIL] = base64.b64encode(decoded.thumbnail).decode("ascii")
     return row
 
 

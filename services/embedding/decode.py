@@ -53,6 +53,7 @@ class DecodedImage:
     pixels: np.ndarray
     content_key: str
     metadata: dict[str, str] = field(default_factory=dict)
+    thumbnail: bytes = b""  # a small JPEG of the pixels, when asked for (decode_resized(thumbnail=True))
 
 
 def image_id(content_key: str, salt: str = "") -> str:
