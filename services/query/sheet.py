@@ -127,7 +127,7 @@ def render_png(sheet: list[Card]) -> bytes:
             draw.text((x + 12, y + 8 + CELL // 2 - 6), "no thumbnail", fill="#bbbbbb", font=font)
         lines = [card.title, *(line for line in card.lines if line)][:PNG_TEXT_LINES]
         for row, line in enumerate(lines):
-            draw.text((x + 8, y + 12 + CELL + row * PNG_LINE), line[:22], fill="black", font=font)
+            draw.text((x + 8, y + 12 + CELL + row * PNG_LINE), line[:21], fill="black", font=font)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
