@@ -20,7 +20,8 @@ from cbmir.services.query.client import RetrievalClient
 from cbmir.services.query.engine import RetrievalEngine
 from cbmir.services.query.server import start_server
 from cbmir.services.store import MilvusStore
-from tests.pacs.orthanc import Orthanc, free_port, missing, running_orthanc
+
+from .orthanc import Orthanc, free_port, missing, running_orthanc
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "Orthanc is installed")
 
