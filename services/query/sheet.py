@@ -24,6 +24,7 @@ class Card:
     title: str
     jpeg: bytes
     lines: tuple[str, ...]
+    missing: str = NOT_STORED  # said in place of the picture when there is none
 
 
 def check_sheet_path(path: str) -> Path:
@@ -47,7 +48,8 @@ def cards(reply: Any, query_name: str, query_jpeg: bytes) -> list[Card]:
     """The query's card, then one per hit in rank order, from the SearchResponse exactly as the service sent it."""
     out = [Card(title=f"query: {query_name}", jpeg=query_jpeg,
                 lines=(f"predicted: {reply.predicted_class}" if reply.predicted_class else "",
-                       f"collection {reply.collection}", f"model {reply.model_id}"))]
+                       f"collection {reply.collection}", f"model {reply.model_id}"),
+                missing="query by stored id: its picture is its own hit")]
     for hit in reply.hits:
         metadata = dict(hit.metadata)
         modality = metadata.get("modality") or "modality ?"
@@ -74,7 +76,7 @@ def render_html(sheet: list[Card], query_name: str) -> str:
             picture = (f'<img src="data:image/jpeg;base64,{base64.b64encode(card.jpeg).decode("ascii")}" '
                        f'alt="{html.escape(card.title)}">')
         else:
-            picture = f'<div class="none">{html.escape(NOT_STORED)}</div>'
+            picture = f'<div class="none">{html.escape(card.missing)}</div>'
         lines = "".join(f"<div>{html.escape(line)}</div>" for line in card.lines if line)
         kind = "query" if index == 0 else "hit"
         tiles.append(f'<figure class="{kind}"><div class="pic">{picture}</div>'
@@ -124,7 +126,7 @@ def render_png(sheet: list[Card]) -> bytes:
             picture.thumbnail((CELL, CELL))
             canvas.paste(picture, (x + 8 + (CELL - picture.width) // 2, y + 8 + (CELL - picture.height) // 2))
         else:
-            draw.text((x + 12, y + 8 + CELL // 2 - 6), "no thumbnail", fill="#bbbbbb", font=font)
+            draw.text((x + 12, y + 8 + CELL // 2 - 6), card.missing[:20], fill="#bbbbbb", font=font)
         lines = [card.title, *(line for line in card.lines if line)][:PNG_TEXT_LINES]
         for row, line in enumerate(lines):
             draw.text((x + 8, y + 12 + CELL + row * PNG_LINE), line[:21], fill="black", font=font)
