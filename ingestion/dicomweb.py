@@ -175,11 +175,17 @@ def fetch_instance(uri: str, credentials: str = "") -> bytes:
     import pydicom
 
     root, study, series, sop = split_instance_uri(uri)
-    dataset = _call(root, lambda: connect(root, credentials).retrieve_instance(study, series, sop,
-                                                                                 media_types=AS_STORED), sop)
-    buffer = io.BytesIO()
-    # WADO-RS parts are DICOM files (Part 10); written back as read, so the decoder sees what the PACS holds.
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    try:
+        dataset = _call(root, lambda: connect(root, credentials).retrieve_instance(study, series, sop,
+                                                                                     media_types=AS_STORED), sop)
+        buffer = io.BytesIO()
+        # WADO-RS parts are DICOM files (Part 10); written back as read, so the decoder sees what the PACS holds.
+        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    except SourceError:
+        raise
+    except Exception as error:  # a part pydicom cannot parse or write: this instance's reason, not a traceback
+        raise SourceError(f"the PACS at {root} sent instance {sop} in a form pydicom cannot read: "
+                          f"{type(error).__name__}: {error}") from None
     return buffer.getvalue()
 
 
