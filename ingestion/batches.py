@@ -15,6 +15,7 @@ from cbmir.services.store import schema as store_schema
 ID = store_schema.ID
 ID_MAX_LENGTH = store_schema.ID_MAX_LENGTH
 SOURCE = store_schema.SOURCE
+THUMBNAIL = store_schema.THUMBNAIL  # base64 JPEG the reader makes; rides with the row to the store
 # Columns the embedder adds.
 EMBEDDING = store_schema.EMBEDDING
 MODEL_ID = store_schema.MODEL_ID
@@ -44,7 +45,7 @@ DECODE_SECONDS = "decode_seconds"  # the batch's decode time, spread evenly over
 READ_SCHEMA = pa.schema(
     [(store_schema.ID, pa.string()), (NAME, pa.string()), *((f, pa.string()) for f in META_FIELDS),
      (STATUS, pa.string()), (REASON, pa.string()), (PIXELS, pa.large_binary()), (SHAPE, pa.list_(pa.int32())),
-     (PIXEL_DTYPE, pa.string()), (DECODE_SECONDS, pa.float64())]
+     (PIXEL_DTYPE, pa.string()), (THUMBNAIL, pa.string()), (DECODE_SECONDS, pa.float64())]
 )
 # Decoded metadata keys copied when the listing did not name them (a manifest value wins over a DICOM header).
 DECODED_META: tuple[str, ...] = (store_schema.MODALITY, store_schema.BODY_PART, store_schema.VIEW)

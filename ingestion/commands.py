@@ -22,7 +22,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         label_column=args.label_column, split=args.split, limit=args.limit, report_path=args.report,
         progress=not args.no_progress, rerank_descriptor=args.rerank_descriptor, id_salt=args.id_salt,
         flush_rows=args.flush_rows, tta=args.tta, source_field=args.source_field,
-        folder_labels=args.folder_labels, partitions=args.partitions,
+        folder_labels=args.folder_labels, partitions=args.partitions, study=args.study, since=args.since,
+        modality=args.modality, pacs_credentials=args.pacs_credentials,
     )
     report = run_ingestion(config)
     print(report.summary())
@@ -35,7 +36,9 @@ def add_ingest_command(sub: Any) -> None:
                             description="Embed every image of SOURCE with Ray actors and upsert it into Milvus. "
                                         "Idempotent: re-running adds no rows; a crash loses nothing (run again).")
     ingest.add_argument("source", help="a directory (PNG/JPEG/PGM/TIFF/DICOM, optionally with labels.csv), "
-                                       "a CSV manifest, or a MedMNIST .npz")
+                                       "a CSV manifest, a MedMNIST .npz, or a PACS: "
+                                       "dicomweb+http://host:8042/dicom-web "
+                                       "(QIDO-RS lists, WADO-RS fetches; stored instances are not fetched again)")
     add_store_flags(ingest)
     add_model_flags(ingest)
     ingest.add_argument("--actors", type=int, default=2, help="embedding actors (default %(default)s)")
@@ -78,6 +81,13 @@ def add_ingest_command(sub: Any) -> None:
                         help="class folders (SOURCE/<class>/<image>) as labels. auto (default): on, unless the tree "
                              "holds DICOM, whose folders are patients and studies, not classes: label DICOM with a "
                              "manifest (--manifest) or pass on")
+    pacs = ingest.add_argument_group("PACS source (dicomweb+http://...)")
+    pacs.add_argument("--study", default=None, metavar="UID", help="only this Study Instance UID")
+    pacs.add_argument("--since", default=None, metavar="DATE",
+                      help="only studies dated DATE or later (YYYY-MM-DD)")
+    pacs.add_argument("--modality", default=None, help="only series of this modality (e.g. CR, CT, MG)")
+    add_secret_flags(pacs, "--pacs-credentials", "CBMIR_PACS_CREDENTIALS",
+                     "the PACS's DICOMweb credentials: 'user:password' (HTTP Basic) or a bearer token (never logged)")
     ingest.add_argument("--flush-rows", type=int, default=512,
                         help="rows per upsert; what a crash can lose and the rerun redoes (default %(default)s)")
     add_logging_flags(ingest)

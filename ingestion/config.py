@@ -16,7 +16,7 @@ LISTING_CHUNK_ITEMS = 10_000
 class IngestConfig:
     """One ingestion run: where images come from, which model embeds them, where vectors go, how Ray runs."""
 
-    source: str  # a directory tree, a CSV manifest, or an .npz (MedMNIST layout)
+    source: str  # a directory tree, a CSV manifest, an .npz (MedMNIST layout), or dicomweb+http(s)://PACS root
     milvus_uri: str = DEFAULT_URI
     milvus_token: str = ""  # "user:password" of an authenticated Milvus server; a secret, like id_salt
     collection: str = DEFAULT_COLLECTION
@@ -51,6 +51,11 @@ class IngestConfig:
     source_field: str = "auto"
     # Class folders as labels: auto = yes unless the tree holds DICOM (folders there are patients, not classes).
     folder_labels: str = "auto"
+    # A PACS source (dicomweb+http://...): which instances, and the PACS's credentials (a secret, like id_salt).
+    study: str | None = None  # one Study Instance UID
+    since: str | None = None  # study date YYYY-MM-DD or YYYYMMDD, inclusive
+    modality: str | None = None  # e.g. CR
+    pacs_credentials: str = ""  # "user:password" (HTTP Basic) or a bearer token
     tta: bool = False  # test-time augmentation: average each vector over the image and its mirror (2x embed cost)
     lite_max_serving_rows: int = LITE_MAX_SERVING_ROWS  # past it on Milvus Lite, warn: move to a server
 
@@ -77,5 +82,6 @@ class IngestConfig:
             raise ValueError(f"limit must be >= 0, got {self.limit}")
 
     def __repr__(self) -> str:  # the salt and the token are secrets: never in logs or reports
-        fields = {k: ("***" if k in ("id_salt", "milvus_token") and v else v) for k, v in vars(self).items()}
+        secret = ("id_salt", "milvus_token", "pacs_credentials")
+        fields = {k: ("***" if k in secret and v else v) for k, v in vars(self).items()}
         return f"IngestConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"

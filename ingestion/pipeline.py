@@ -391,9 +391,10 @@ class RayEmbedder(Embedder):
 
 
 def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef], id_salt: str = "", *,
-               input_size: int) -> pa.Table:
+               input_size: int, pacs_credentials: str = "") -> pa.Table:
     # The ref travels inside a list so Ray does not resolve it per call; ray.get of a numpy array is zero-copy.
-    return read_batch(batch, ray.get(existing_ids[0]), id_salt=id_salt, input_size=input_size)
+    return read_batch(batch, ray.get(existing_ids[0]), id_salt=id_salt, input_size=input_size,
+                      pacs_credentials=pacs_credentials)
 
 
 def listing_block_rows(count: int, batch_size: int, chunk_items: int) -> int:
@@ -434,7 +435,8 @@ def read_stage(dataset: ray.data.Dataset, existing_ids: np.ndarray, config: Inge
         dataset, _read_task, {"max_retries": READ_TASK_RETRIES},
         batch_format="pyarrow",
         batch_size=config.batch_size,
-        fn_kwargs={"existing_ids": [ids_ref], "id_salt": config.id_salt, "input_size": input_size},
+        fn_kwargs={"existing_ids": [ids_ref], "id_salt": config.id_salt, "input_size": input_size,
+                   "pacs_credentials": config.pacs_credentials},
         num_cpus=plan.read_cpus,
     )
 

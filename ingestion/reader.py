@@ -3,6 +3,7 @@ bad files become reasons. It runs in Ray read tasks, so only small compact image
 
 from __future__ import annotations
 
+import base64
 import functools
 import itertools
 import logging
@@ -31,12 +32,16 @@ from cbmir.ingestion.batches import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PRESENT,
+    THUMBNAIL,
     URI,
 )
+from cbmir.ingestion.dicomweb import fetch_instance, is_dicomweb_source, split_instance_uri
+from cbmir.ingestion.sources import SourceError
 from cbmir.ingestion.wire import pack
 from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id
-from cbmir.services.embedding.decode import file_content_key
+from cbmir.services.embedding.decode import dicom_content_key, file_content_key
 from cbmir.services.embedding.preprocess import decode_resized, presize
+from cbmir.services.embedding.thumbnail import thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ ID_ARRAY_STEP = 8_192
 
 
 def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt: str = "", *,
-               input_size: int) -> pa.Table:
+               input_size: int, pacs_credentials: str = "") -> pa.Table:
     """Read, decode and resize to `input_size` every item of `batch`; `existing_ids` is a sorted bytes array of
     ids already stored.
 
@@ -57,7 +62,7 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt:
     out: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
     for i in range(batch.num_rows):
         item = {key: values[i] for key, values in columns.items()}
-        row = read_item(item, existing_ids, id_salt, input_size=input_size)
+        row = read_item(item, existing_ids, id_salt, input_size=input_size, pacs_credentials=pacs_credentials)
         for name in READ_SCHEMA.names:
             if name != DECODE_SECONDS:
                 out[name].append(row.get(name))
@@ -67,9 +72,13 @@ def read_batch(batch: pa.Table, existing_ids: np.ndarray | None = None, id_salt:
 
 
 def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: str = "", *,
-              input_size: int) -> dict[str, Any]:
+              input_size: int, pacs_credentials: str = "") -> dict[str, Any]:
     """One item → its output row, pixels resized to input_size x input_size (`decode_resized`, the same call the
-    query service makes); every failure is caught here and becomes a reason."""
+    query service makes); every failure is caught here and becomes a reason.
+
+    A file is read from its path; a PACS instance (dicomweb+http://.../instances/UID) is fetched over WADO-RS
+    with `pacs_credentials`, unless its SOP Instance UID's id is already stored.
+    """
     row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
                            ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: [], PIXEL_DTYPE: ""}
     try:
@@ -77,7 +86,14 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
             array = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
             decoded = DecodedImage(
                 pixels=presize(array.pixels, input_size, array.metadata.get("bits", "")),
-                content_key=array.content_key, metadata=array.metadata)
+                content_key=array.content_key, metadata=array.metadata, thumbnail=thumbnail_jpeg(array.pixels))
+        elif is_dicomweb_source(item[URI]):
+            # The listing knows the SOP Instance UID, so a stored instance is skipped before any network fetch.
+            known_id = image_id(dicom_content_key(split_instance_uri(item[URI])[3]), salt=id_salt)
+            if existing_ids is not None and _contains(existing_ids, known_id):
+                row[ID], row[STATUS] = known_id, STATUS_PRESENT
+                return row
+            decoded = decode_resized(fetch_instance(item[URI], pacs_credentials), input_size, thumbnail=True)
         else:
             with open(item[URI], "rb") as handle:
                 data = handle.read()
@@ -87,7 +103,7 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
             if existing_ids is not None and _contains(existing_ids, file_id):
                 row[ID], row[STATUS] = file_id, STATUS_PRESENT
                 return row
-            decoded = decode_resized(data, input_size)
+            decoded = decode_resized(data, input_size, thumbnail=True)
     except FileNotFoundError:
         row[REASON] = "file not found"
         return row
@@ -96,6 +112,9 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         return row
     except ImageDecodeError as error:
         row[REASON] = str(error) or "cannot decode image"
+        return row
+    except SourceError as error:  # the PACS refused or failed this one fetch
+        row[REASON] = str(error)
         return row
     except Exception as error:  # a decoder bug on one odd file must not end a run of millions
         log.warning("unexpected error decoding %s", item[NAME], exc_info=True)
@@ -110,6 +129,8 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         return row
     row[STATUS] = STATUS_OK
     row[PIXELS], row[SHAPE], row[PIXEL_DTYPE] = pack(decoded.pixels)
+    # What a contact sheet shows for this row: pixels only, small (services/embedding/thumbnail.py).
+    row[THUMBNAIL] = base64.b64encode(decoded.thumbnail).decode("ascii")
     return row
 
 

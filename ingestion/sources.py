@@ -62,8 +62,8 @@ class SourceScan:
     archive of 10^7 files is never a list in memory. The source must not change while it is being ingested.
     """
 
-    root: Path
-    kind: str  # "directory" | "manifest" | "npz"
+    root: Path | str  # a folder, or the DICOMweb root URL of a PACS
+    kind: str  # "directory" | "manifest" | "npz" | "dicomweb"
     dataset: str
     count: int  # items after the split filter and the limit
     items: Callable[[], Iterator[SourceItem]] = field(repr=False)
@@ -89,6 +89,13 @@ class SourceScan:
 
 def scan_source(config: IngestConfig) -> SourceScan:
     """Check and count `config.source` (split filter and limit applied) without holding its items."""
+    from cbmir.ingestion.dicomweb import is_dicomweb_source, scan_dicomweb
+
+    if is_dicomweb_source(config.source):
+        return scan_dicomweb(config)
+    if config.study or config.since or config.modality:
+        raise SourceError("--study, --since and --modality select instances on a PACS: the source must be "
+                          "dicomweb+http://host:port/dicom-web")
     path = Path(config.source).expanduser()
     if not path.exists():
         raise SourceError(f"source not found: {config.source} (pass a directory of images, a CSV manifest, or "

@@ -24,4 +24,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Real peers the tests talk to (tests/pacs): Orthanc with its DICOMweb plugin, dcmtk, and Chromium to look at a
+# contact sheet. Debian packages: installed only as root, only when missing; otherwise those tests skip.
+want_apt=""
+command -v Orthanc >/dev/null || want_apt="$want_apt orthanc"
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || want_apt="$want_apt orthanc-dicomweb"
+command -v storescu >/dev/null || want_apt="$want_apt dcmtk"
+command -v chromium >/dev/null || want_apt="$want_apt chromium"
+if [ -n "$want_apt" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: apt-get install$want_apt"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $want_apt
+  else
+    echo "setup: not root (or no apt): the Orthanc/dcmtk/Chromium tests will skip; as root: apt-get install$want_apt"
+  fi
+fi
+
 echo "setup: ready (.venv/bin/cbmir --help)"

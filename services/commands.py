@@ -137,6 +137,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if not (args.image or args.id):
         raise SystemExit("cbmir search: give an IMAGE file or --id")
+    sheet = None
+    if args.sheet:
+        from cbmir.services.query.sheet import check_sheet_path
+
+        sheet = check_sheet_path(args.sheet)
     token = _read_token(args.token_file)
     with RetrievalClient(args.target, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                          tls_key=args.tls_key, tls_server_name=args.tls_server_name, token=token) as client:
@@ -145,10 +150,18 @@ def cmd_search(args: argparse.Namespace) -> int:
             reply = client.search(top_k=args.k, collection=args.collection, filters=_parse_filters(args.filter),
                                   prefilter=args.prefilter, prefilter_class=args.prefilter_class,
                                   min_confidence=args.min_confidence, rerank=args.rerank, k_prep=args.k_prep,
-                                  **kwargs)
+                                  thumbnails=sheet is not None, **kwargs)
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
             return 2
+    if sheet is not None:
+        from cbmir.services.query.sheet import query_thumbnail, write_sheet
+
+        query_jpeg = query_thumbnail(Path(args.image)) if args.image else b""
+        written = write_sheet(sheet, reply, Path(args.image).name if args.image else f"id {args.id}", query_jpeg)
+        print(f"contact sheet: {written}", file=sys.stderr)
+        for hit in reply.hits:
+            hit.ClearField("thumbnail")  # the sheet has them; a terminal or JSON does not want kilobytes of base64
     if args.json:
         print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
     else:
@@ -305,6 +318,9 @@ def add_service_commands(sub: Any) -> None:
     search.add_argument("--k-prep", type=int, default=0, help="candidates to re-rank (0: max(10, k))")
     search.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
     search.add_argument("--json", action="store_true", help="print the reply as JSON")
+    search.add_argument("--sheet", default=None, metavar="PATH",
+                        help="also write a contact sheet: the query beside its hits' thumbnails with rank, score, "
+                             "label and modality (PATH.html: a page; PATH.png: an image)")
     search.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
     search.add_argument("--tls-ca", default=None, metavar="PEM", help="CA that signed the server certificate (TLS)")
     search.add_argument("--tls-cert", default=None, metavar="PEM", help="client certificate (mutual TLS)")

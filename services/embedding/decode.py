@@ -53,6 +53,7 @@ class DecodedImage:
     pixels: np.ndarray
     content_key: str
     metadata: dict[str, str] = field(default_factory=dict)
+    thumbnail: bytes = b""  # a small JPEG of the pixels, when asked for (decode_resized(thumbnail=True))
 
 
 def image_id(content_key: str, salt: str = "") -> str:
@@ -82,6 +83,11 @@ def _metadata(**values: str) -> dict[str, str]:
 def file_content_key(data: bytes) -> str:
     """`sha256:<hex>` of the file bytes: the same whichever decoder, decoder version or downscale reads them."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def dicom_content_key(sop_instance_uid: str) -> str:
+    """`dicom:<SOP Instance UID>`: a DICOM image's key whatever its transfer syntax, file or network path."""
+    return f"dicom:{sop_instance_uid}"
 
 
 def pixel_content_key(raw: np.ndarray) -> str:
@@ -363,7 +369,7 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 
 
     sop_uid = _dicom_str(ds, "SOPInstanceUID")
     # The SOP Instance UID names the image whatever its transfer syntax; without one, the file's bytes do.
-    content_key = f"dicom:{sop_uid}" if sop_uid else file_content_key(data)
+    content_key = dicom_content_key(sop_uid) if sop_uid else file_content_key(data)
     return DecodedImage(
         pixels=_finish(pixels),
         content_key=content_key,

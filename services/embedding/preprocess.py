@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cbmir.services.embedding.decode import MAX_IMAGE_PIXELS, DecodedImage, decode_native
+from cbmir.services.embedding.thumbnail import thumbnail_jpeg
 
 RESIZE_MODES: tuple[str, ...] = ("bilinear-squash",)
 
@@ -123,16 +124,19 @@ def presize(image: np.ndarray, size: int, bits: str = "") -> np.ndarray:
     return np.ascontiguousarray(hwc.numpy(), dtype=np.float32)
 
 
-def decode_resized(data: bytes, size: int, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedImage:
+def decode_resized(data: bytes, size: int, *, max_pixels: int = MAX_IMAGE_PIXELS,
+                   thumbnail: bool = False) -> DecodedImage:
     """Bytes -> DecodedImage whose pixels are already size x size, compact (`presize`).
 
     The fast path of ingestion and the query service: JPEG decodes at the smallest DCT scale that is still
     >= 2 x size on each side (so the final resize still antialiases), other formats are box-reduced to that,
     and no full-size float copy of an 8-bit image is made. The content key is the one `decode_image` gives.
+    `thumbnail`: also a small JPEG (services/embedding/thumbnail.py), from the reduced pixels, aspect kept.
     """
     decoded = decode_native(data, max_pixels=max_pixels, min_size=2 * size)
     pixels = presize(decoded.pixels, size, decoded.metadata.get("bits", ""))
-    return DecodedImage(pixels=pixels, content_key=decoded.content_key, metadata=decoded.metadata)
+    small = thumbnail_jpeg(decoded.pixels) if thumbnail else b""
+    return DecodedImage(pixels=pixels, content_key=decoded.content_key, metadata=decoded.metadata, thumbnail=small)
 
 
 def to_batch_tensor(images: Sequence[np.ndarray], prep: Preprocessing) -> torch.Tensor:

@@ -67,12 +67,13 @@ class RetrievalClient:
         min_confidence: float = 0.0,
         rerank: str = "",
         k_prep: int = 0,
+        thumbnails: bool = False,
     ) -> Any:
         """One of image (bytes or a file path), vector or id; returns the SearchResponse message."""
         request = retrieval_pb2.SearchRequest(
             top_k=top_k, collection=collection, filters=dict(filters or {}),
             prefilter=PREFILTERS[prefilter], prefilter_class=prefilter_class, exclude_query_id=exclude_query_id,
-            min_confidence=min_confidence, rerank=rerank, k_prep=k_prep,
+            min_confidence=min_confidence, rerank=rerank, k_prep=k_prep, with_thumbnails=thumbnails,
         )
         if image is not None:
             request.image = image if isinstance(image, bytes) else Path(image).read_bytes()

@@ -31,7 +31,7 @@ from cbmir.services.store import (
     StoreUnavailableError,
 )
 from cbmir.services.store.filters import build_filter_expression
-from cbmir.services.store.schema import EMBEDDING, LABEL, PREDICTED_LABEL, SOURCE
+from cbmir.services.store.schema import EMBEDDING, LABEL, OUTPUT_FIELDS, PREDICTED_LABEL, SOURCE, THUMBNAIL
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,6 +79,7 @@ class SearchQuery:
     min_confidence: float = 0.0  # 0: the engine's default
     rerank: str = ""  # "" or a descriptor kind ("hog")
     k_prep: int = 0  # candidates to re-rank; 0: max(DEFAULT_K_PREP, top_k)
+    thumbnails: bool = False  # also return each hit's stored thumbnail (base64 JPEG in fields["thumbnail"])
 
 
 @dataclass
@@ -281,7 +282,11 @@ class RetrievalEngine:
         exclude = [str(query.id)] if query.id and query.exclude_query_id else []
         wanted = self.k_prep(query) if query.rerank else query.top_k
         t = time.perf_counter()
-        hits = self._call_store(self.store.search, collection, vector[None, :], wanted, filters, exclude_ids=exclude)[0]
+        # Thumbnails only when asked, and only from collections that store them (older ones lack the field).
+        fields = (*OUTPUT_FIELDS, THUMBNAIL) if query.thumbnails and self._call_store(
+            self.store.has_field, collection, THUMBNAIL) else None
+        hits = self._call_store(self.store.search, collection, vector[None, :], wanted, filters, exclude_ids=exclude,
+                                output_fields=fields)[0]
         timings["search"] = _ms(t)
 
         if query.rerank:

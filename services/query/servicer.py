@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from cbmir.services.query.auth import Authenticator
 from cbmir.services.query.engine import Prefilter, QueryRejected, Rejection, RetrievalEngine, SearchQuery
 from cbmir.services.query.proto import retrieval_pb2, retrieval_pb2_grpc
 from cbmir.services.query.watch import StoreWatcher
-from cbmir.services.store.schema import LABEL, SOURCE
+from cbmir.services.store.schema import LABEL, SOURCE, THUMBNAIL
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             min_confidence=float(request.min_confidence),
             rerank=request.rerank,
             k_prep=int(request.k_prep),
+            thumbnails=request.with_thumbnails,
         )
         if kind is None:
             raise QueryRejected(Rejection.INVALID, "give exactly one of: image bytes, vector, or id")
@@ -132,8 +134,9 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
                     distance=hit.distance,
                     label=hit.fields.get(LABEL, ""),
                     source=hit.fields.get(SOURCE, ""),
-                    metadata={k: v for k, v in hit.fields.items() if k not in (LABEL, SOURCE) and v},
+                    metadata={k: v for k, v in hit.fields.items() if k not in (LABEL, SOURCE, THUMBNAIL) and v},
                     rank=rank,
+                    thumbnail=base64.b64decode(hit.fields.get(THUMBNAIL, "")),
                 )
                 for rank, hit in enumerate(result.hits, start=1)
             ],

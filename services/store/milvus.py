@@ -178,6 +178,7 @@ class MilvusStore:
         except MilvusException as error:
             raise _unavailable(uri, error) from None
         self._index_cache: dict[str, IndexConfig] = {}
+        self._fields: dict[str, frozenset[str]] = {}  # collection -> its field names (has_field)
         self._server_version: str | None = None
 
     def close(self) -> None:
@@ -310,6 +311,13 @@ class MilvusStore:
             )
         return self._call(self.client.describe_collection, name)
 
+    def has_field(self, name: str, field: str) -> bool:
+        """Whether collection `name` has `field` (collections made before a field was added lack it)."""
+        known = self._fields.get(name)
+        if known is None:
+            known = self._fields[name] = frozenset(f["name"] for f in self._describe(name).get("fields", []))
+        return field in known
+
     def model_identity_json(self, name: str) -> str:
         return self._describe(name).get("properties", {}).get(schema.PROPERTY_MODEL_IDENTITY, "")
 
@@ -375,6 +383,11 @@ class MilvusStore:
         rows = rows_from_arrow(batch) if isinstance(batch, pa.RecordBatch | pa.Table) else list(batch)
         if not rows:
             return 0
+        if not self.has_field(name, schema.THUMBNAIL):
+            # A collection created before thumbnails (or a descriptor companion): it keeps its schema.
+            rows = [{k: v for k, v in row.items() if k != schema.THUMBNAIL} for row in rows]
+        elif any(schema.THUMBNAIL not in row for row in rows):
+            rows = [{schema.THUMBNAIL: "", **row} for row in rows]  # written by a caller that makes none
         delay = 0.5
         for attempt in range(1, UPSERT_RETRIES + 1):
             try:
@@ -451,6 +464,7 @@ class MilvusStore:
                 self._call(self.client.drop_collection, other)
         self._call(self.client.drop_collection, name)
         self._index_cache.pop(name, None)
+        self._fields.pop(name, None)
 
     # -- reads ---------------------------------------------------------------------------------------
 

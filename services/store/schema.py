@@ -16,6 +16,10 @@ VIEW = "view"
 SOURCE = "source"
 DATASET = "dataset"
 MODEL_ID = "model_id"
+# A small JPEG of what the model saw (pixels only, no header), base64 in a VARCHAR: Milvus 2.3 has no binary
+# scalar field. services/embedding/thumbnail.py keeps it under this length.
+THUMBNAIL = "thumbnail"
+THUMBNAIL_MAX_LENGTH = 16_384  # base64 of thumbnail.THUMBNAIL_MAX_BYTES (a test pins that it fits)
 
 # VARCHAR fields and their max lengths; values longer than this are truncated at write time.
 SCALAR_FIELDS: dict[str, int] = {
@@ -27,14 +31,15 @@ SCALAR_FIELDS: dict[str, int] = {
     SOURCE: 2048,
     DATASET: 256,
     MODEL_ID: 64,
+    THUMBNAIL: THUMBNAIL_MAX_LENGTH,
 }
 ID_MAX_LENGTH = 64
 
 # Fields a search may filter on by equality. Anything else is rejected, never passed to Milvus.
 # Not `source`: a path can name a patient, and a filter on it would let a client probe for one.
 FILTER_FIELDS: tuple[str, ...] = (LABEL, PREDICTED_LABEL, MODALITY, BODY_PART, VIEW, DATASET)
-# Fields returned with every hit.
-OUTPUT_FIELDS: tuple[str, ...] = tuple(SCALAR_FIELDS)
+# Fields returned with every hit; a thumbnail only when asked for (kilobytes per hit).
+OUTPUT_FIELDS: tuple[str, ...] = tuple(f for f in SCALAR_FIELDS if f != THUMBNAIL)
 
 # Collection properties written beside the data.
 PROPERTY_MODEL_IDENTITY = "cbmir.model_identity"
@@ -59,6 +64,7 @@ class Row:
     source: str = ""
     dataset: str = ""
     model_id: str = ""
+    thumbnail: str = ""
 
 
 DESCRIPTOR = "descriptor"

@@ -58,3 +58,20 @@ def test_ids_already_stored_are_marked_present_and_carry_no_pixels() -> None:
     assert [row[STATUS] for row in again] == [STATUS_OK, STATUS_PRESENT, STATUS_OK]
     assert again[1][PIXELS] == b""
     assert [row[schema.ID] for row in again] == [row[schema.ID] for row in first]
+
+
+def test_a_stored_pacs_instance_is_skipped_without_fetching_and_an_unreachable_one_fails_with_a_reason() -> None:
+    import socket
+
+    from cbmir.services.embedding import image_id
+    from cbmir.services.embedding.decode import dicom_content_key
+
+    with socket.socket() as sock:  # a port nothing listens on: any fetch would fail
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = f"dicomweb+http://127.0.0.1:{port}/dicom-web/studies/1.2.3/series/1.2.3.4/instances"
+    stored, missing = SourceItem(uri=f"{root}/1.2.3.4.5", name="a.dcm"), SourceItem(uri=f"{root}/1.2.3.4.6", name="b")
+    existing = sorted_id_array([image_id(dicom_content_key("1.2.3.4.5"), salt="salt")])
+    out = read_batch(_batch([stored, missing]), existing, id_salt="salt", input_size=32).to_pylist()
+    assert out[0]["status"] == "present" and out[0]["id"] == image_id(dicom_content_key("1.2.3.4.5"), salt="salt")
+    assert out[1]["status"] == "failed" and "not reachable" in out[1]["reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from cbmir.services.store import (
     build_filter_expression,
     choose_index,
 )
+from cbmir.services.store import schema as store_schema
 
 DIM = 16
 IDENTITY = json.dumps({"architecture": "test", "weights_sha256": "abc", "dim": DIM, "preprocessing": {}})
@@ -40,8 +42,7 @@ def store(milvus_uri: str):
 
 
 def _full(rows: list[dict]) -> list[dict]:
-    fields = ("label", "predicted_label", "modality", "body_part", "view", "source", "dataset", "model_id")
-    return [{**{f: "" for f in fields}, **row} for row in rows]
+    return [{**{f: "" for f in store_schema.SCALAR_FIELDS}, **row} for row in rows]
 
 
 def test_upserting_the_same_rows_twice_keeps_one_row_each(store: MilvusStore) -> None:
@@ -166,3 +167,33 @@ def test_a_collection_with_one_partition_still_filters_by_label(milvus_uri: str)
     hits = store.search("one", np.array([rows[0]["embedding"]]), 5, {"label": "meningioma"})[0]
     assert len(hits) == 5 and all(h.fields["label"] == "meningioma" for h in hits)
     store.close()
+
+
+def test_a_collection_made_before_thumbnails_still_takes_rows_and_answers_searches(
+        milvus_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    built = store_schema.build_schema
+
+    def before_thumbnails(dim: int) -> Any:  # the schema cbmir created collections with until thumbnails
+        old = built(dim)
+        old._fields = [f for f in old.fields if f.name != store_schema.THUMBNAIL]
+        return old
+
+    monkeypatch.setattr(store_schema, "build_schema", before_thumbnails)
+    store = MilvusStore(milvus_uri)
+    store.ensure_collection("old", IDENTITY, DIM, choose_index("HNSW", "COSINE"))
+    monkeypatch.undo()
+    assert not store.has_field("old", store_schema.THUMBNAIL) and store.has_field("old", store_schema.LABEL)
+    rows = [{**row, store_schema.THUMBNAIL: "aGVsbG8="} for row in _full(_rows(6))]
+    assert store.upsert("old", rows) == 6
+    hits = store.search("old", np.array([rows[0]["embedding"]]), 3)[0]
+    assert hits[0].id == rows[0]["id"] and store_schema.THUMBNAIL not in hits[0].fields
+    store.close()
+
+
+def test_thumbnails_are_stored_and_returned_only_when_asked_for(store: MilvusStore) -> None:
+    rows = [{**row, store_schema.THUMBNAIL: f"thumb{i}"} for i, row in enumerate(_full(_rows(6)))]
+    store.upsert("images", rows)
+    plain = store.search("images", np.array([rows[2]["embedding"]]), 1)[0][0]
+    asked = store.search("images", np.array([rows[2]["embedding"]]), 1,
+                         output_fields=(*store_schema.OUTPUT_FIELDS, store_schema.THUMBNAIL))[0][0]
+    assert store_schema.THUMBNAIL not in plain.fields and asked.fields[store_schema.THUMBNAIL] == "thumb2"
