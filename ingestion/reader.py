@@ -21,6 +21,7 @@ from cbmir.ingestion.batches import (
     ID_MAX_LENGTH,
     META_FIELDS,
     NAME,
+    PATIENT_HASH,
     PIXEL_DTYPE,
     PIXELS,
     READ_SCHEMA,
@@ -31,10 +32,11 @@ from cbmir.ingestion.batches import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PRESENT,
+    STUDY_HASH,
     URI,
 )
 from cbmir.ingestion.wire import pack
-from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id
+from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id, subject_hash
 from cbmir.services.embedding.decode import file_content_key
 from cbmir.services.embedding.preprocess import decode_resized, presize
 
@@ -71,7 +73,8 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
     """One item → its output row, pixels resized to input_size x input_size (`decode_resized`, the same call the
     query service makes); every failure is caught here and becomes a reason."""
     row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
-                           ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: [], PIXEL_DTYPE: ""}
+                           ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: [], PIXEL_DTYPE: "",
+                           PATIENT_HASH: "", STUDY_HASH: ""}
     try:
         if item[ARRAY_INDEX] >= 0:
             array = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
@@ -102,6 +105,9 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         row[REASON] = f"{type(error).__name__}: {error}"
         return row
     row[ID] = image_id(decoded.content_key, salt=id_salt)
+    # Erasure keys (cbmir erase): salted like the id, so a stored row names no patient.
+    row[PATIENT_HASH] = subject_hash("patient", decoded.patient_id, id_salt)
+    row[STUDY_HASH] = subject_hash("study", decoded.study_uid, id_salt)
     for key in DECODED_META:
         if not row[key]:
             row[key] = str(decoded.metadata.get(key) or "")

@@ -24,4 +24,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# dcmtk (storescu, echoscu): the DICOM peer nobody here wrote, for the dicom-node tests (docs/pacs.md). Debian only,
+# and only as root; elsewhere those tests skip.
+if ! command -v storescu >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: installing dcmtk (apt)"
+  apt-get install -y -qq dcmtk >/dev/null
+fi
+
 echo "setup: ready (.venv/bin/cbmir --help)"

@@ -174,6 +174,7 @@ class MilvusStore:
         except MilvusException as error:
             raise _unavailable(uri, error) from None
         self._index_cache: dict[str, IndexConfig] = {}
+        self._erasure_fields_cache: dict[str, bool] = {}
         self._server_version: str | None = None
 
     def close(self) -> None:
@@ -271,6 +272,14 @@ class MilvusStore:
             self.load(name)
             return
         self.create_collection(name, model_identity_json, dim, index or choose_index(), id_salt_digest, num_partitions)
+
+    def has_erasure_fields(self, name: str) -> bool:
+        """Whether `name` has patient_hash/study_hash (schema version 2+); a version-1 collection is written without
+        them (cbmir erase cannot find its rows by patient: re-ingest into a new collection)."""
+        if name not in self._erasure_fields_cache:
+            fields = {f["name"] for f in self._describe(name).get("fields", [])}
+            self._erasure_fields_cache[name] = all(f in fields for f in schema.ERASURE_FIELDS)
+        return self._erasure_fields_cache[name]
 
     def id_salt_digest(self, name: str) -> str:
         return self._describe(name).get("properties", {}).get(schema.PROPERTY_ID_SALT_DIGEST, "") or ""
@@ -370,6 +379,8 @@ class MilvusStore:
         rows = rows_from_arrow(batch) if isinstance(batch, pa.RecordBatch | pa.Table) else list(batch)
         if not rows:
             return 0
+        if not self.has_erasure_fields(name):
+            rows = [{k: v for k, v in row.items() if k not in schema.ERASURE_FIELDS} for row in rows]
         delay = 0.5
         for attempt in range(1, UPSERT_RETRIES + 1):
             try:
@@ -446,6 +457,7 @@ class MilvusStore:
                 self._call(self.client.drop_collection, other)
         self._call(self.client.drop_collection, name)
         self._index_cache.pop(name, None)
+        self._erasure_fields_cache.pop(name, None)
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -548,11 +560,12 @@ def rows_from_arrow(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     if isinstance(embeddings, pa.ChunkedArray):
         embeddings = embeddings.combine_chunks()
     vectors = embeddings.values.to_numpy(zero_copy_only=False).reshape(len(batch), -1).tolist()
-    scalars = {c: batch.column(c).to_pylist() for c in columns if c in schema.SCALAR_FIELDS or c == schema.ID}
+    scalars = {c: batch.column(c).to_pylist() for c in columns
+               if c in schema.SCALAR_FIELDS or c in schema.ERASURE_FIELDS or c == schema.ID}
     rows = []
     for i, vector in enumerate(vectors):
         row: dict[str, Any] = {schema.ID: scalars[schema.ID][i], schema.EMBEDDING: vector}
-        for name, max_length in schema.SCALAR_FIELDS.items():
+        for name, max_length in (*schema.SCALAR_FIELDS.items(), *schema.ERASURE_FIELDS.items()):
             value = scalars[name][i] if name in scalars else ""
             row[name] = (value or "")[:max_length]
         rows.append(row)
