@@ -17,7 +17,7 @@ from cbmir.services.flags import (
     add_store_flags,
     load_model_for,
 )
-from cbmir.services.store.defaults import DEFAULT_COLLECTION
+from cbmir.services.store.defaults import DEFAULT_COLLECTION, is_server_uri
 from cbmir.services.store.milvus_server import add_milvus_server_parser
 
 
@@ -191,6 +191,51 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    import getpass
+    import time
+
+    from cbmir.services.embedding import subject_hash
+    from cbmir.services.embedding.id_salt import cbmir_home, resolve_id_salt
+    from cbmir.services.query.audit import AuditLog
+    from cbmir.services.query.auth import Caller
+    from cbmir.services.store import MilvusStore
+    from cbmir.services.store.erase import ErasureReport, data_collections, erase_collection
+
+    kind, value = ("patient", args.patient_id) if args.patient_id else ("study", args.study_uid)
+    if not value.strip():
+        raise SystemExit(f"cbmir erase: the {kind} id is empty: nothing to erase by")
+    started = time.perf_counter()
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token)
+    report = ErasureReport(kind=kind)
+    try:
+        names = [args.collection] if args.collection else data_collections(store)
+        for name in names:
+            # Hashed as ingestion hashed it: with the salt this collection's ids are keyed with.
+            salt = resolve_id_salt(args.id_salt, store.id_salt_digest(name), name)
+            report.subject_hashes[name] = subject_hash(kind, value, salt)
+            report.collections.append(erase_collection(store, name, kind, report.subject_hashes[name]))
+    finally:
+        store.close()
+        report.seconds = time.perf_counter() - started
+        audit = AuditLog(args.audit_log or cbmir_home() / "erasure-audit.jsonl")
+        audit.record(Caller(name=getpass.getuser(), peer="", method="cli"), "Erase",
+                     "OK" if report.proved else "INCOMPLETE", report.seconds * 1000,
+                     {"kind": kind, "collection": args.collection or "all", "erasure": report.to_dict()})
+        audit.close()
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    for c in report.collections:
+        state = f"skipped: {c.skipped}" if c.skipped else (
+            f"{c.rows_erased} rows (+{c.companion_rows_erased} descriptors) erased, {c.compaction}; proof: "
+            f"{c.remaining_by_hash} left by hash, {c.returned_by_search} returned by search"
+            + ("" if is_server_uri(args.milvus_uri) else f", {c.files_holding_erased} Lite files holding them"))
+        print(f"{c.collection}: {state} ({c.seconds:.1f} s)")
+    print(f"erased {report.rows_erased} rows of the {kind} in {report.seconds:.1f} s: "
+          f"{'proved gone' if report.proved else 'NOT proved, see above'}")
+    return 0 if report.proved else 1
+
+
 def add_service_commands(sub: Any) -> None:
     """Register serve, search, info, migrate and milvus-server on the `cbmir` subparsers."""
     serve = sub.add_parser("serve", help="run the gRPC query service",
@@ -322,5 +367,26 @@ def add_service_commands(sub: Any) -> None:
     migrate.add_argument("--report", default=None, metavar="PATH", help="also write the report as JSON")
     add_logging_flags(migrate)
     migrate.set_defaults(func=cmd_migrate)
+
+    erase = sub.add_parser(
+        "erase", help="erase a patient's or a study's images from every collection, and prove it",
+        description="Consent withdrawn (GDPR art. 17): delete every row of the patient (DICOM PatientID) or study "
+                    "(StudyInstanceUID), found by the salted hash ingestion stored, from every collection and its "
+                    "descriptor companions; flush, compact (Milvus Lite: rewrite the collection), then prove it: "
+                    "nothing answers to the hash (consistency Strong), no search with an erased vector returns it, "
+                    "and (Lite) no file holds it. Appends counts, never the id, to the audit log. Exit 1 unless "
+                    "proved (docs/pacs.md).")
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--patient-id", default="", help="the DICOM PatientID (0010,0020) to erase")
+    who.add_argument("--study-uid", default="", help="the DICOM StudyInstanceUID (0020,000D) to erase")
+    add_store_flags(erase)
+    erase.set_defaults(collection="")
+    erase.add_argument("--audit-log", default=None, metavar="PATH",
+                       help="JSON-lines audit log to append to (default $CBMIR_HOME/erasure-audit.jsonl)")
+    erase.add_argument("--report", default=None, metavar="PATH", help="also write the report as JSON")
+    add_secret_flags(erase, "--id-salt", "CBMIR_ID_SALT",
+                     "the salt the collections' ids were keyed with (default: the deployment's $CBMIR_HOME/id-salt)")
+    add_logging_flags(erase)
+    erase.set_defaults(func=cmd_erase)
 
     add_milvus_server_parser(sub)
