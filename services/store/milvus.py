@@ -379,7 +379,10 @@ class MilvusStore:
         rows = rows_from_arrow(batch) if isinstance(batch, pa.RecordBatch | pa.Table) else list(batch)
         if not rows:
             return 0
-        if not self.has_erasure_fields(name):
+        if self.has_erasure_fields(name):  # rows of a non-DICOM writer have no erasure keys: "" (nothing to erase by)
+            rows = [row if all(k in row for k in schema.ERASURE_FIELDS)
+                    else {**dict.fromkeys(schema.ERASURE_FIELDS, ""), **row} for row in rows]
+        else:  # a schema-1 collection (or a descriptor companion) has no such fields
             rows = [{k: v for k, v in row.items() if k not in schema.ERASURE_FIELDS} for row in rows]
         delay = 0.5
         for attempt in range(1, UPSERT_RETRIES + 1):

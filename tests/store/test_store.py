@@ -16,6 +16,7 @@ from cbmir.services.store import (
     build_filter_expression,
     choose_index,
 )
+from cbmir.services.store import schema as store_schema
 
 DIM = 16
 IDENTITY = json.dumps({"architecture": "test", "weights_sha256": "abc", "dim": DIM, "preprocessing": {}})
@@ -40,7 +41,7 @@ def store(milvus_uri: str):
 
 
 def _full(rows: list[dict]) -> list[dict]:
-    fields = ("label", "predicted_label", "modality", "body_part", "view", "source", "dataset", "model_id")
+    fields = (*store_schema.SCALAR_FIELDS, *store_schema.ERASURE_FIELDS)  # every VARCHAR, for raw client inserts
     return [{**{f: "" for f in fields}, **row} for row in rows]
 
 
