@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
@@ -127,11 +128,21 @@ def test_resending_a_study_adds_no_rows(node: DicomNode) -> None:
     assert node.store.count(COLLECTION) == before
 
 
-def test_non_image_sop_class_is_refused_with_0122_and_stores_nothing(node: DicomNode) -> None:
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_non_image_sop_class_is_refused_with_0122_stores_nothing_and_is_counted(node: DicomNode) -> None:
     before = node.store.count(COLLECTION)
+    refused = _metric("cbmir_node_received_total", status="0x0122")
+    indexed = _metric("cbmir_node_indexed_total")
     assert _send(node, [dcmread(dicom_file("test-SR.dcm"))]) == [SOP_CLASS_NOT_SUPPORTED]
     _wait_drained(node)
     assert node.store.count(COLLECTION) == before
+    assert _metric("cbmir_node_received_total", status="0x0122") == refused + 1
+    assert _metric("cbmir_node_failed_total", reason="not_image") >= 1
+    assert _metric("cbmir_node_indexed_total") == indexed
+    assert _metric("cbmir_node_queue_depth") == 0
 
 
 def test_corrupt_pixel_data_is_refused_with_c000_and_image_without_pixels_with_a900(node: DicomNode) -> None:

@@ -104,3 +104,27 @@ def test_erase_of_an_unknown_study_erases_nothing_and_still_proves(tmp_path: Pat
 def test_erase_refuses_an_empty_id(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="empty"):
         main(["erase", "--patient-id", " ", "--milvus-uri", str(tmp_path / "x.db")])
+
+
+def test_erase_collection_deletes_compacts_and_proves_on_lite_and_on_the_server(milvus_uri: str) -> None:
+    """The store-level erasure on both backends: the server's compaction job completes, the proof holds."""
+    from cbmir.services.store import MilvusStore, choose_index
+    from cbmir.services.store.erase import erase_collection
+    from cbmir.services.store.schema import ERASURE_FIELDS, SCALAR_FIELDS
+
+    store = MilvusStore(milvus_uri)
+    identity = json.dumps({"architecture": "test", "weights_sha256": "abc", "dim": 8, "preprocessing": {}})
+    store.ensure_collection("images", identity, 8, choose_index("HNSW", "COSINE"))
+    rng = np.random.default_rng(1)
+    empty = dict.fromkeys((*SCALAR_FIELDS, *ERASURE_FIELDS), "")
+    rows = [{**empty, "id": f"r{i}", "embedding": rng.random(8).tolist(), "label": "x",
+             "patient_hash": "p-erase" if i % 4 == 0 else "p-keep"} for i in range(40)]
+    store.upsert("images", rows)
+    store.flush("images")
+    result = erase_collection(store, "images", "patient", "p-erase")
+    assert result.rows_erased == 10 and result.proved, result
+    assert result.compaction.endswith(("Completed", "rewritten"))
+    assert store.count("images") == 30
+    print(f"{'server' if milvus_uri.startswith('http') else 'lite'}: erased 10 of 40 rows, {result.compaction}, "
+          f"proved in {result.seconds:.2f} s")
+    store.close()
