@@ -28,11 +28,14 @@ def _server_options(args: argparse.Namespace) -> Any:
     from cbmir.services.query.tls import check_plaintext_allowed, server_tls_from_flags
 
     tls = server_tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
-    authenticator = Authenticator(load_tokens(args.auth_tokens_file))
+    admin_tokens = load_tokens(args.admin_tokens_file, env={}) if args.admin_tokens_file else {}
+    # An admin token is also a caller's token: it passes the token check, then Erase checks it is an admin's.
+    authenticator = Authenticator({**load_tokens(args.auth_tokens_file), **admin_tokens})
     check_plaintext_allowed(args.host, tls, authenticator.enabled, args.insecure)
     return ServerOptions(tls=tls, authenticator=authenticator, insecure=args.insecure, audit_log=args.audit_log,
                          max_concurrent_rpcs=args.max_concurrent_rpcs, store_check_seconds=args.store_check_seconds,
-                         health_port=args.health_port, health_host=args.health_host)
+                         health_port=args.health_port, health_host=args.health_host,
+                         admin=Authenticator(admin_tokens), id_salt=args.id_salt)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -193,31 +196,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     import getpass
-    import time
 
-    from cbmir.services.embedding import subject_hash
-    from cbmir.services.embedding.id_salt import cbmir_home, resolve_id_salt
+    from cbmir.services.embedding.id_salt import cbmir_home
     from cbmir.services.query.audit import AuditLog
     from cbmir.services.query.auth import Caller
     from cbmir.services.store import MilvusStore
-    from cbmir.services.store.erase import ErasureReport, data_collections, erase_collection
+    from cbmir.services.store.erase import ErasureReport, erase_subject
 
     kind, value = ("patient", args.patient_id) if args.patient_id else ("study", args.study_uid)
     if not value.strip():
         raise SystemExit(f"cbmir erase: the {kind} id is empty: nothing to erase by")
-    started = time.perf_counter()
     store = MilvusStore(args.milvus_uri, token=args.milvus_token)
     report = ErasureReport(kind=kind)
     try:
-        names = [args.collection] if args.collection else data_collections(store)
-        for name in names:
-            # Hashed as ingestion hashed it: with the salt this collection's ids are keyed with.
-            salt = resolve_id_salt(args.id_salt, store.id_salt_digest(name), name)
-            report.subject_hashes[name] = subject_hash(kind, value, salt)
-            report.collections.append(erase_collection(store, name, kind, report.subject_hashes[name]))
+        report = erase_subject(store, kind, value, args.collection, args.id_salt)
     finally:
         store.close()
-        report.seconds = time.perf_counter() - started
+        # Also when the erasure failed part-way: the log says it was attempted and what it did (INCOMPLETE).
         audit = AuditLog(args.audit_log or cbmir_home() / "erasure-audit.jsonl")
         audit.record(Caller(name=getpass.getuser(), peer="", method="cli"), "Erase",
                      "OK" if report.proved else "INCOMPLETE", report.seconds * 1000,
@@ -274,6 +269,9 @@ def add_service_commands(sub: Any) -> None:
     security.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
     security.add_argument("--tls-client-ca", default=None, metavar="PEM",
                           help="CA bundle for client certificates: enables mutual TLS (clients must present one)")
+    security.add_argument("--admin-tokens-file", default=None, metavar="PATH",
+                          help="tokens (name:token per line) that may also call the Erase RPC (docs/pacs.md "
+                               "\"Erasure\"); without it Erase is off")
     security.add_argument("--auth-tokens-file", default=os.environ.get("CBMIR_AUTH_TOKENS_FILE"), metavar="PATH",
                           help="bearer tokens, one per line as name:token (or a bare token); calls must send "
                                "'authorization: Bearer <token>'. Env CBMIR_AUTH_TOKENS (comma separated) adds more")

@@ -204,3 +204,26 @@ def lite_files_holding(uri: str, collections: list[str], ids: list[str], vectors
             if found:
                 holding.append(path)
     return holding
+
+
+def erase_subject(store: MilvusStore, kind: str, value: str, collection: str = "", id_salt: str = "") -> ErasureReport:
+    """Erase the patient (`kind` "patient", a DICOM PatientID) or study ("study", a StudyInstanceUID) from
+    `collection`, or from every data collection; each hashed with the salt that collection's ids are keyed with.
+    The one path of `cbmir erase` and of the Erase RPC."""
+    from cbmir.services.embedding import subject_hash
+    from cbmir.services.embedding.id_salt import resolve_id_salt
+
+    if kind not in KIND_FIELDS:
+        raise ValueError(f"erase by one of {', '.join(KIND_FIELDS)}, got {kind!r}")
+    if not value.strip():
+        raise ValueError(f"the {kind} id is empty: nothing to erase by")
+    started = time.perf_counter()
+    report = ErasureReport(kind=kind)
+    try:
+        for name in [collection] if collection else data_collections(store):
+            salt = resolve_id_salt(id_salt, store.id_salt_digest(name), name)
+            report.subject_hashes[name] = subject_hash(kind, value, salt)
+            report.collections.append(erase_collection(store, name, kind, report.subject_hashes[name]))
+    finally:
+        report.seconds = time.perf_counter() - started
+    return report
