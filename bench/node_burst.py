@@ -26,11 +26,17 @@ def run(count: int, workdir: Path) -> dict[str, float]:
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
         assoc = ae.associate("127.0.0.1", node.port, ae_title="CBMIR")
         started = time.perf_counter()
-        for _ in range(count):
+        slowest = 0.0
+        for i in range(count):
             ds.SOPInstanceUID = generate_uid()
-            if assoc.send_c_store(ds).Status != 0:
-                raise RuntimeError("the node refused an instance of the burst")
+            sent = time.perf_counter()
+            status = assoc.send_c_store(ds)
+            slowest = max(slowest, time.perf_counter() - sent)
+            if "Status" not in status or status.Status != 0:
+                raise RuntimeError(f"instance {i} of the burst: no success ({status or 'no answer'}; slowest "
+                                   f"answer so far {slowest:.1f} s)")
         received_s = time.perf_counter() - started
+        print(f"slowest C-STORE answer {slowest:.2f} s")
         assoc.release()
         while node.queue.depth():
             time.sleep(0.05)

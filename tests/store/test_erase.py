@@ -128,3 +128,11 @@ def test_erase_collection_deletes_compacts_and_proves_on_lite_and_on_the_server(
     print(f"{'server' if milvus_uri.startswith('http') else 'lite'}: erased 10 of 40 rows, {result.compaction}, "
           f"proved in {result.seconds:.2f} s")
     store.close()
+
+
+def test_clients_cannot_filter_on_the_erasure_keys() -> None:
+    from cbmir.services.store import InvalidFilterError, build_filter_expression
+
+    for key in ("patient_hash", "study_hash"):
+        with pytest.raises(InvalidFilterError):
+            build_filter_expression({key: "0" * 32})
