@@ -378,7 +378,9 @@ def add_service_commands(sub: Any) -> None:
     who.add_argument("--patient-id", default="", help="the DICOM PatientID (0010,0020) to erase")
     who.add_argument("--study-uid", default="", help="the DICOM StudyInstanceUID (0020,000D) to erase")
     add_store_flags(erase)
-    erase.set_defaults(collection="")
+    erase.set_defaults(collection="")  # erasure covers every collection unless told otherwise
+    next(a for a in erase._actions if a.dest == "collection").help = \
+        "erase from this collection only (default: every collection of the store)"
     erase.add_argument("--audit-log", default=None, metavar="PATH",
                        help="JSON-lines audit log to append to (default $CBMIR_HOME/erasure-audit.jsonl)")
     erase.add_argument("--report", default=None, metavar="PATH", help="also write the report as JSON")
