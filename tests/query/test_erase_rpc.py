@@ -11,6 +11,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from cbmir.ingestion.dicom_node import DicomNode, NodeConfig
+from cbmir.services.embedding import decode_image, image_id
 from cbmir.services.query.auth import Authenticator, parse_tokens
 from cbmir.services.query.client import RetrievalClient
 from cbmir.services.query.engine import RetrievalEngine
@@ -47,7 +48,10 @@ def test_erase_rpc_needs_an_admin_token_then_erases_proves_and_audits(tmp_path: 
                            options=options)
     try:
         request = retrieval_pb2.EraseRequest(patient_id="1CT1")
+        ct_id = image_id(decode_image(dicom_file("CT_small.dcm").read_bytes()).content_key, salt=node.id_salt)
         with RetrievalClient(f"127.0.0.1:{running.port}", token=USER) as user:
+            # What the node indexed is searchable over gRPC: the CT file as the query finds its own row first.
+            assert user.search(image=dicom_file("CT_small.dcm"), top_k=2).hits[0].id == ct_id
             with pytest.raises(grpc.RpcError) as refused:
                 user.stub.Erase(request, metadata=user.metadata, timeout=60)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -58,6 +62,7 @@ def test_erase_rpc_needs_an_admin_token_then_erases_proves_and_audits(tmp_path: 
         running.server.stop(None)
     assert reply.rows_erased == 1 and reply.proved
     assert node.store.count("cbmir") == 1
+    assert not node.store.existing_ids("cbmir", [ct_id], consistency_level="Strong")
     records = [json.loads(line) for line in audit.read_text().splitlines() if '"Erase"' in line]
     assert [(r["caller"], r["status"]) for r in records] == [("user", "PERMISSION_DENIED"), ("admin", "OK")]
     assert records[1]["erasure"]["rows_erased"] == 1
