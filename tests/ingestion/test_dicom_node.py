@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -160,14 +161,23 @@ def test_corrupt_pixel_data_is_refused_with_c000_and_image_without_pixels_with_a
     assert not any((node.queue.root / "failed").iterdir())
 
 
-def test_a_full_queue_answers_a700_and_the_node_keeps_serving(node: DicomNode) -> None:
+def test_a_full_queue_or_an_oversized_dataset_answers_a700_and_the_node_keeps_serving(node: DicomNode) -> None:
     ct = dcmread(dicom_file("CT_small.dcm"))
     ct.SOPInstanceUID = generate_uid()
+    before = node.store.count(COLLECTION)
     node.queue.max_items = 0
     try:
         assert _send(node, [ct]) == [OUT_OF_RESOURCES]
     finally:
         node.queue.max_items = 100_000
+    config = node.config
+    node.config = replace(config, max_dataset_mb=0)  # any instance is over a 0 MiB bound
+    try:
+        assert _send(node, [ct]) == [OUT_OF_RESOURCES]
+    finally:
+        node.config = config
+    _wait_drained(node)
+    assert node.store.count(COLLECTION) == before
     assert _send(node, [ct]) == [0x0000]
 
 

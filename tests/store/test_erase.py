@@ -121,8 +121,14 @@ def test_erase_collection_deletes_compacts_and_proves_on_lite_and_on_the_server(
              "patient_hash": "p-erase" if i % 4 == 0 else "p-keep"} for i in range(40)]
     store.upsert("images", rows)
     store.flush("images")
+    store.ensure_descriptor_collection("images", "hog", 4)
+    store.upsert_descriptors("images", "hog", [r["id"] for r in rows], rng.random((40, 4)))
+    store.flush("images__hog")
     result = erase_collection(store, "images", "patient", "p-erase")
-    assert result.rows_erased == 10 and result.proved, result
+    assert result.rows_erased == 10 and result.companion_rows_erased == 10 and result.proved, result
+    erased = [r["id"] for r in rows if r["patient_hash"] == "p-erase"]
+    assert store.get_descriptors("images", "hog", erased) == {}  # the erased images' HOG went with them
+    assert len(store.get_descriptors("images", "hog", [r["id"] for r in rows])) == 30
     assert result.compaction.endswith(("Completed", "rewritten"))
     assert store.count("images") == 30
     print(f"{'server' if milvus_uri.startswith('http') else 'lite'}: erased 10 of 40 rows, {result.compaction}, "
