@@ -88,16 +88,19 @@ def test_erase_patient_removes_its_rows_from_lite_files_and_audits_counts_withou
 
 
 def test_erase_of_an_unknown_study_erases_nothing_and_still_proves(tmp_path: Path) -> None:
+    from cbmir.services.store import MilvusStore, choose_index
+    from cbmir.services.store.schema import ERASURE_FIELDS, SCALAR_FIELDS
+
     uri = str(tmp_path / "cbmir.db")
-    node = DicomNode(NodeConfig(port=0, milvus_uri=uri, queue_dir=str(tmp_path / "queue"), collection=COLLECTION))
-    node.start()
-    try:
-        _fill(node)
-    finally:
-        node.stop()
+    store = MilvusStore(uri)
+    identity = json.dumps({"architecture": "test", "weights_sha256": "abc", "dim": 8, "preprocessing": {}})
+    store.ensure_collection(COLLECTION, identity, 8, choose_index("HNSW", "COSINE"))
+    empty = dict.fromkeys((*SCALAR_FIELDS, *ERASURE_FIELDS), "")
+    store.upsert(COLLECTION, [{**empty, "id": f"r{i}", "embedding": [float(i + 1)] * 8, "study_hash": "s"}
+                              for i in range(4)])
     audit = tmp_path / "audit.jsonl"
     assert main(["erase", "--study-uid", "1.2.3.4.5", "--milvus-uri", uri, "--audit-log", str(audit)]) == 0
-    assert node.store.count(COLLECTION) == 4
+    assert store.count(COLLECTION) == 4
     assert json.loads(audit.read_text())["erasure"]["rows_erased"] == 0
 
 
