@@ -162,7 +162,7 @@ class MilvusEngine:
             self.store.drop_collection(self.collection)
         self.store.ensure_collection(self.collection, identity, self.dim, choose_index("FLAT", "COSINE"),
                                       num_partitions=self.num_partitions)
-        empty = {name: "" for name in store_schema.SCALAR_FIELDS}
+        empty = {name: "" for name in (*store_schema.SCALAR_FIELDS, *store_schema.ERASURE_FIELDS)}
         started = time.perf_counter()
         for start in range(0, len(vectors), INSERT_BATCH):
             stop = min(len(vectors), start + INSERT_BATCH)

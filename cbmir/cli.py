@@ -7,7 +7,7 @@ import argparse
 from cbmir.bench.commands import add_bench_parser
 from cbmir.bench.quality.commands import add_eval_parser
 from cbmir.demo import add_demo_command
-from cbmir.ingestion.commands import add_ingest_command
+from cbmir.ingestion.commands import add_dicom_node_command, add_ingest_command
 from cbmir.services.commands import add_service_commands
 from cbmir.services.errors import friendly_errors
 from cbmir.services.logs import configure_logging
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_ingest_command(sub)
+    add_dicom_node_command(sub)
     add_service_commands(sub)  # serve, search, info, milvus-server
     add_demo_command(sub)
     add_train_command(sub)

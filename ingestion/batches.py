@@ -16,6 +16,8 @@ ID = store_schema.ID
 ID_MAX_LENGTH = store_schema.ID_MAX_LENGTH
 SOURCE = store_schema.SOURCE
 THUMBNAIL = store_schema.THUMBNAIL  # base64 JPEG the reader makes; rides with the row to the store
+PATIENT_HASH = store_schema.PATIENT_HASH  # the reader fills both for DICOM (erasure keys), "" otherwise
+STUDY_HASH = store_schema.STUDY_HASH
 # Columns the embedder adds.
 EMBEDDING = store_schema.EMBEDDING
 MODEL_ID = store_schema.MODEL_ID
@@ -44,6 +46,7 @@ DECODE_SECONDS = "decode_seconds"  # the batch's decode time, spread evenly over
 
 READ_SCHEMA = pa.schema(
     [(store_schema.ID, pa.string()), (NAME, pa.string()), *((f, pa.string()) for f in META_FIELDS),
+     (PATIENT_HASH, pa.string()), (STUDY_HASH, pa.string()),
      (STATUS, pa.string()), (REASON, pa.string()), (PIXELS, pa.large_binary()), (SHAPE, pa.list_(pa.int32())),
      (PIXEL_DTYPE, pa.string()), (THUMBNAIL, pa.string()), (DECODE_SECONDS, pa.float64())]
 )
@@ -85,4 +88,5 @@ def item_row(item: SourceItem, dataset: str) -> dict[str, Any]:
 def record_batch_schema(dim: int) -> pa.Schema:
     """The Arrow layout MilvusStore.upsert takes: id, the vector, then every VARCHAR field of the store."""
     return pa.schema([(store_schema.ID, pa.string()), (store_schema.EMBEDDING, pa.list_(pa.float32(), dim)),
-                      *((name, pa.string()) for name in store_schema.SCALAR_FIELDS)])
+                      *((name, pa.string()) for name in store_schema.SCALAR_FIELDS),
+                      *((name, pa.string()) for name in store_schema.ERASURE_FIELDS)])

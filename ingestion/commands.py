@@ -92,3 +92,51 @@ def add_ingest_command(sub: Any) -> None:
                         help="rows per upsert; what a crash can lose and the rerun redoes (default %(default)s)")
     add_logging_flags(ingest)
     ingest.set_defaults(func=cmd_ingest)
+
+
+def cmd_dicom_node(args: argparse.Namespace) -> int:
+    from cbmir.ingestion.dicom_node import NodeConfig, run_node
+
+    config = NodeConfig(
+        ae_title=args.ae_title, host=args.host, port=args.port, collection=args.collection,
+        milvus_uri=args.milvus_uri, milvus_token=args.milvus_token, queue_dir=args.queue_dir,
+        queue_max_items=args.queue_max_items, queue_min_free_mb=args.queue_min_free_mb,
+        max_dataset_mb=args.max_dataset_mb, batch=args.batch, dataset=args.dataset, backbone=args.backbone,
+        weights=args.weights, random_init=args.random_init, device=args.device, precision=args.precision,
+        id_salt=args.id_salt,
+    )
+    run_node(config, metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+    return 0
+
+
+def add_dicom_node_command(sub: Any) -> None:
+    """Register `cbmir dicom-node` on the `cbmir` subparsers."""
+    node = sub.add_parser(
+        "dicom-node", help="receive images over DICOM (C-STORE SCP) and index them as they arrive",
+        description="A DICOM node (C-ECHO and C-STORE SCP) that modalities and PACS send studies to. Each instance "
+                    "is checked, written durably to a disk queue and only then acknowledged; a thread embeds the "
+                    "queue into the collection within seconds, idempotent by SOP Instance UID. A restart re-drains "
+                    "what was queued (docs/pacs.md).")
+    node.add_argument("--ae-title", default="CBMIR", help="this node's AE title (default %(default)s)")
+    node.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; 0.0.0.0 for "
+                                                          "the hospital network)")
+    node.add_argument("--port", type=int, default=11112, help="DICOM port (default %(default)s)")
+    node.add_argument("--queue-dir", default="cbmir-node-queue",
+                      help="directory of the durable queue; holds whole datasets until indexed (default %(default)s)")
+    node.add_argument("--queue-max-items", type=int, default=100_000,
+                      help="instances queued before C-STORE answers 0xA700 out of resources (default %(default)s)")
+    node.add_argument("--queue-min-free-mb", type=int, default=1024,
+                      help="free disk the queue always leaves; below it C-STORE answers 0xA700 (default %(default)s)")
+    node.add_argument("--max-dataset-mb", type=int, default=512,
+                      help="largest instance accepted; larger ones get 0xA700 (default %(default)s)")
+    node.add_argument("--batch", type=int, default=32, help="instances embedded per batch (default %(default)s)")
+    node.add_argument("--dataset", default="dicom-node", help="dataset name stored with each row (default %(default)s)")
+    node.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (default: off)")
+    node.add_argument("--metrics-host", default="127.0.0.1", help="address of /metrics (default %(default)s)")
+    add_store_flags(node)
+    add_model_flags(node)
+    add_secret_flags(node, "--id-salt", "CBMIR_ID_SALT",
+                     "secret that keys the image ids and the patient/study hashes; default the deployment's salt "
+                     "$CBMIR_HOME/id-salt, as `cbmir ingest`")
+    add_logging_flags(node)
+    node.set_defaults(func=cmd_dicom_node)

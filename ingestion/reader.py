@@ -22,6 +22,7 @@ from cbmir.ingestion.batches import (
     ID_MAX_LENGTH,
     META_FIELDS,
     NAME,
+    PATIENT_HASH,
     PIXEL_DTYPE,
     PIXELS,
     READ_SCHEMA,
@@ -32,13 +33,14 @@ from cbmir.ingestion.batches import (
     STATUS_FAILED,
     STATUS_OK,
     STATUS_PRESENT,
+    STUDY_HASH,
     THUMBNAIL,
     URI,
 )
 from cbmir.ingestion.dicomweb import fetch_instance, is_dicomweb_source, split_instance_uri
 from cbmir.ingestion.sources import SourceError
 from cbmir.ingestion.wire import pack
-from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id
+from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id, subject_hash
 from cbmir.services.embedding.decode import dicom_content_key, file_content_key
 from cbmir.services.embedding.preprocess import decode_resized, presize
 from cbmir.services.embedding.thumbnail import thumbnail_jpeg
@@ -80,7 +82,8 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
     with `pacs_credentials`, unless its SOP Instance UID's id is already stored.
     """
     row: dict[str, Any] = {NAME: item[NAME], **{f: item.get(f) or "" for f in META_FIELDS},
-                           ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: [], PIXEL_DTYPE: ""}
+                           ID: "", STATUS: STATUS_FAILED, REASON: "", PIXELS: b"", SHAPE: [], PIXEL_DTYPE: "",
+                           PATIENT_HASH: "", STUDY_HASH: ""}
     try:
         if item[ARRAY_INDEX] >= 0:
             array = decode_array(_npz_image(item[URI], item[ARRAY_INDEX], item[SPLIT]))
@@ -121,6 +124,9 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         row[REASON] = f"{type(error).__name__}: {error}"
         return row
     row[ID] = image_id(decoded.content_key, salt=id_salt)
+    # Erasure keys (cbmir erase): salted like the id, so a stored row names no patient.
+    row[PATIENT_HASH] = subject_hash("patient", decoded.patient_id, id_salt)
+    row[STUDY_HASH] = subject_hash("study", decoded.study_uid, id_salt)
     for key in DECODED_META:
         if not row[key]:
             row[key] = str(decoded.metadata.get(key) or "")

@@ -7,11 +7,13 @@ import time
 
 import pyarrow as pa
 
-from cbmir.ingestion.batches import DESCRIPTOR, ID, NAME, SOURCE, record_batch_schema
+from cbmir.ingestion.batches import DESCRIPTOR, ID, NAME, PATIENT_HASH, SOURCE, STUDY_HASH, record_batch_schema
 from cbmir.ingestion.source_field import stored_sources
 from cbmir.services.store import MilvusStore
 
 log = logging.getLogger(__name__)
+
+ERASURE_FIELDS = (PATIENT_HASH, STUDY_HASH)
 
 DEFAULT_FLUSH_ROWS = 512  # rows per upsert: large enough to amortise a round trip, small enough to lose little
 
@@ -40,6 +42,9 @@ class MilvusSink:
         name (its path relative to the ingest root) as `source_field` says."""
         columns: list[pa.Array] = []
         for field in self.schema:
+            if field.name in ERASURE_FIELDS and field.name not in rows.column_names:
+                columns.append(pa.array([""] * rows.num_rows, pa.string()))  # rows of no DICOM reader: no keys
+                continue
             column = rows.column(NAME if field.name == SOURCE else field.name)
             if isinstance(column, pa.ChunkedArray):
                 column = column.combine_chunks()
@@ -56,9 +61,10 @@ class MilvusSink:
             self._pending_descriptors.append(rows.select([ID, DESCRIPTOR]))
         self._pending_rows += rows.num_rows
         if self._pending_rows >= self.flush_rows:
-            self._upsert_pending()
+            self.upsert_pending()
 
-    def _upsert_pending(self) -> None:
+    def upsert_pending(self) -> None:
+        """Upsert what is buffered now (no flush): the DICOM node writes each drained batch at once."""
         if not self._pending:
             return
         started = time.perf_counter()
@@ -81,7 +87,7 @@ class MilvusSink:
 
     def close(self) -> None:
         """Write what is buffered and flush, so the rows are durable and counted."""
-        self._upsert_pending()
+        self.upsert_pending()
         started = time.perf_counter()
         self.store.flush(self.collection)
         self.seconds += time.perf_counter() - started

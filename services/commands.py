@@ -17,7 +17,7 @@ from cbmir.services.flags import (
     add_store_flags,
     load_model_for,
 )
-from cbmir.services.store.defaults import DEFAULT_COLLECTION
+from cbmir.services.store.defaults import DEFAULT_COLLECTION, is_server_uri
 from cbmir.services.store.milvus_server import add_milvus_server_parser
 
 
@@ -28,11 +28,14 @@ def _server_options(args: argparse.Namespace) -> Any:
     from cbmir.services.query.tls import check_plaintext_allowed, server_tls_from_flags
 
     tls = server_tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
-    authenticator = Authenticator(load_tokens(args.auth_tokens_file))
+    admin_tokens = load_tokens(args.admin_tokens_file, env={}) if args.admin_tokens_file else {}
+    # An admin token is also a caller's token: it passes the token check, then Erase checks it is an admin's.
+    authenticator = Authenticator({**load_tokens(args.auth_tokens_file), **admin_tokens})
     check_plaintext_allowed(args.host, tls, authenticator.enabled, args.insecure)
     return ServerOptions(tls=tls, authenticator=authenticator, insecure=args.insecure, audit_log=args.audit_log,
                          max_concurrent_rpcs=args.max_concurrent_rpcs, store_check_seconds=args.store_check_seconds,
-                         health_port=args.health_port, health_host=args.health_host)
+                         health_port=args.health_port, health_host=args.health_host,
+                         admin=Authenticator(admin_tokens), id_salt=args.id_salt)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -221,6 +224,43 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    import getpass
+
+    from cbmir.services.embedding.id_salt import cbmir_home
+    from cbmir.services.query.audit import AuditLog
+    from cbmir.services.query.auth import Caller
+    from cbmir.services.store import MilvusStore
+    from cbmir.services.store.erase import ErasureReport, erase_subject
+
+    kind, value = ("patient", args.patient_id) if args.patient_id else ("study", args.study_uid)
+    if not value.strip():
+        raise SystemExit(f"cbmir erase: the {kind} id is empty: nothing to erase by")
+    store = MilvusStore(args.milvus_uri, token=args.milvus_token)
+    report = ErasureReport(kind=kind)
+    try:
+        report = erase_subject(store, kind, value, args.collection, args.id_salt)
+    finally:
+        store.close()
+        # Also when the erasure failed part-way: the log says it was attempted and what it did (INCOMPLETE).
+        audit = AuditLog(args.audit_log or cbmir_home() / "erasure-audit.jsonl")
+        audit.record(Caller(name=getpass.getuser(), peer="", method="cli"), "Erase",
+                     "OK" if report.proved else "INCOMPLETE", report.seconds * 1000,
+                     {"kind": kind, "collection": args.collection or "all", "erasure": report.to_dict()})
+        audit.close()
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
+    for c in report.collections:
+        state = f"skipped: {c.skipped}" if c.skipped else (
+            f"{c.rows_erased} rows (+{c.companion_rows_erased} descriptors) erased, {c.compaction}; proof: "
+            f"{c.remaining_by_hash} left by hash, {c.returned_by_search} returned by search"
+            + ("" if is_server_uri(args.milvus_uri) else f", {c.files_holding_erased} Lite files holding them"))
+        print(f"{c.collection}: {state} ({c.seconds:.1f} s)")
+    print(f"erased {report.rows_erased} rows of the {kind} in {report.seconds:.1f} s: "
+          f"{'proved gone' if report.proved else 'NOT proved, see above'}")
+    return 0 if report.proved else 1
+
+
 def add_service_commands(sub: Any) -> None:
     """Register serve, search, info, migrate and milvus-server on the `cbmir` subparsers."""
     serve = sub.add_parser("serve", help="run the gRPC query service",
@@ -259,6 +299,9 @@ def add_service_commands(sub: Any) -> None:
     security.add_argument("--tls-key", default=None, metavar="PEM", help="server private key")
     security.add_argument("--tls-client-ca", default=None, metavar="PEM",
                           help="CA bundle for client certificates: enables mutual TLS (clients must present one)")
+    security.add_argument("--admin-tokens-file", default=None, metavar="PATH",
+                          help="tokens (name:token per line) that may also call the Erase RPC (docs/pacs.md "
+                               "\"Erasure\"); without it Erase is off")
     security.add_argument("--auth-tokens-file", default=os.environ.get("CBMIR_AUTH_TOKENS_FILE"), metavar="PATH",
                           help="bearer tokens, one per line as name:token (or a bare token); calls must send "
                                "'authorization: Bearer <token>'. Env CBMIR_AUTH_TOKENS (comma separated) adds more")
@@ -361,5 +404,28 @@ def add_service_commands(sub: Any) -> None:
     migrate.add_argument("--report", default=None, metavar="PATH", help="also write the report as JSON")
     add_logging_flags(migrate)
     migrate.set_defaults(func=cmd_migrate)
+
+    erase = sub.add_parser(
+        "erase", help="erase a patient's or a study's images from every collection, and prove it",
+        description="Consent withdrawn (GDPR art. 17): delete every row of the patient (DICOM PatientID) or study "
+                    "(StudyInstanceUID), found by the salted hash ingestion stored, from every collection and its "
+                    "descriptor companions; flush, compact (Milvus Lite: rewrite the collection), then prove it: "
+                    "nothing answers to the hash (consistency Strong), no search with an erased vector returns it, "
+                    "and (Lite) no file holds it. Appends counts, never the id, to the audit log. Exit 1 unless "
+                    "proved (docs/pacs.md).")
+    who = erase.add_mutually_exclusive_group(required=True)
+    who.add_argument("--patient-id", default="", help="the DICOM PatientID (0010,0020) to erase")
+    who.add_argument("--study-uid", default="", help="the DICOM StudyInstanceUID (0020,000D) to erase")
+    add_store_flags(erase)
+    erase.set_defaults(collection="")  # erasure covers every collection unless told otherwise
+    next(a for a in erase._actions if a.dest == "collection").help = \
+        "erase from this collection only (default: every collection of the store)"
+    erase.add_argument("--audit-log", default=None, metavar="PATH",
+                       help="JSON-lines audit log to append to (default $CBMIR_HOME/erasure-audit.jsonl)")
+    erase.add_argument("--report", default=None, metavar="PATH", help="also write the report as JSON")
+    add_secret_flags(erase, "--id-salt", "CBMIR_ID_SALT",
+                     "the salt the collections' ids were keyed with (default: the deployment's $CBMIR_HOME/id-salt)")
+    add_logging_flags(erase)
+    erase.set_defaults(func=cmd_erase)
 
     add_milvus_server_parser(sub)

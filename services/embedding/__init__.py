@@ -9,6 +9,7 @@ from cbmir.services.embedding.decode import (
     decode_image,
     id_salt_digest,
     image_id,
+    subject_hash,
 )
 from cbmir.services.embedding.model import EmbeddingModel, ModelIdentity, WeightsError, list_backbones
 from cbmir.services.embedding.preprocess import Preprocessing, decode_resized, presize, resize_unit, to_batch_tensor
@@ -31,5 +32,6 @@ __all__ = [
     "list_backbones",
     "presize",
     "resize_unit",
+    "subject_hash",
     "to_batch_tensor",
 ]

@@ -54,6 +54,10 @@ class DecodedImage:
     content_key: str
     metadata: dict[str, str] = field(default_factory=dict)
     thumbnail: bytes = b""  # a small JPEG of the pixels, when asked for (decode_resized(thumbnail=True))
+    # DICOM PatientID / StudyInstanceUID, raw: only ever stored as `subject_hash` (the erasure keys); out of repr so
+    # no log line of a DecodedImage carries them.
+    patient_id: str = field(default="", repr=False)
+    study_uid: str = field(default="", repr=False)
 
 
 def image_id(content_key: str, salt: str = "") -> str:
@@ -62,6 +66,18 @@ def image_id(content_key: str, salt: str = "") -> str:
     if salt:
         return hmac.new(salt.encode("utf-8"), content_key.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
     return hashlib.sha256(content_key.encode("utf-8")).hexdigest()[:32]
+
+
+SUBJECT_KINDS: tuple[str, ...] = ("patient", "study")
+
+
+def subject_hash(kind: str, value: str, salt: str = "") -> str:
+    """The stored erasure key of a DICOM PatientID (`kind` "patient") or StudyInstanceUID ("study"): keyed like the
+    ids, so only whoever holds the salt can find a patient's rows; "" for an empty value (nothing to erase by)."""
+    if kind not in SUBJECT_KINDS:
+        raise ValueError(f"subject kind must be one of {', '.join(SUBJECT_KINDS)}, got {kind!r}")
+    value = value.strip()
+    return image_id(f"{kind}:{value}", salt) if value else ""
 
 
 def id_salt_digest(salt: str) -> str:
@@ -179,7 +195,7 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedI
     """Decode DICOM, PNG, JPEG, PGM/PPM, TIFF or BMP bytes at full size; any failure becomes ImageDecodeError."""
     decoded = decode_native(data, max_pixels=max_pixels)
     return DecodedImage(pixels=_finish(_unit(decoded.pixels)), content_key=decoded.content_key,
-                        metadata=decoded.metadata)
+                        metadata=decoded.metadata, patient_id=decoded.patient_id, study_uid=decoded.study_uid)
 
 
 def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: int = 0) -> DecodedImage:
@@ -382,6 +398,8 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 
             photometric=photometric,
             bits=_dicom_str(ds, "BitsStored"),
         ),
+        patient_id=_dicom_str(ds, "PatientID"),
+        study_uid=_dicom_str(ds, "StudyInstanceUID"),
     )
 
 

@@ -136,7 +136,8 @@ def decode_resized(data: bytes, size: int, *, max_pixels: int = MAX_IMAGE_PIXELS
     decoded = decode_native(data, max_pixels=max_pixels, min_size=2 * size)
     pixels = presize(decoded.pixels, size, decoded.metadata.get("bits", ""))
     small = thumbnail_jpeg(decoded.pixels) if thumbnail else b""
-    return DecodedImage(pixels=pixels, content_key=decoded.content_key, metadata=decoded.metadata, thumbnail=small)
+    return DecodedImage(pixels=pixels, content_key=decoded.content_key, metadata=decoded.metadata, thumbnail=small,
+                        patient_id=decoded.patient_id, study_uid=decoded.study_uid)
 
 
 def to_batch_tensor(images: Sequence[np.ndarray], prep: Preprocessing) -> torch.Tensor:

@@ -19,6 +19,7 @@ from cbmir.services.query.proto import retrieval_pb2
 AUDIT_FIELDS: tuple[str, ...] = (
     "ts", "caller", "auth", "peer", "method", "kind", "collection", "k", "filters", "prefilter", "prefilter_class",
     "rerank", "query_id", "image_bytes", "vector_dim", "result_ids", "status", "reason", "latency_ms",
+    "erasure",  # cbmir erase: per-collection counts, salted hashes and the proof; never the raw id
 )
 
 MAX_AUDITED_FILTERS = 16

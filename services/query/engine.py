@@ -50,6 +50,7 @@ class Rejection(Enum):
     NOT_FOUND = "not found"
     PRECONDITION = "failed precondition"
     UNAVAILABLE = "unavailable"
+    PERMISSION = "permission denied"  # an authenticated caller without the admin token (Erase)
 
 
 class QueryRejected(Exception):

@@ -47,6 +47,9 @@ class ServerOptions:
     # None: off. It says SERVING / NOT_SERVING and nothing else, so it needs neither TLS nor a token.
     health_port: int | None = None
     health_host: str = "127.0.0.1"
+    # Tokens that may also call Erase (each passes the token check too); none: Erase answers FAILED_PRECONDITION.
+    admin: Authenticator = field(default_factory=lambda: Authenticator({}))
+    id_salt: str = ""  # the salt Erase hashes ids with; "": the deployment's ($CBMIR_HOME/id-salt)
 
 
 @dataclass
@@ -111,7 +114,8 @@ def start_server(
         watcher = StoreWatcher(lambda: engine.store.ping(collection), health_servicer, watched,
                                interval=options.store_check_seconds)
     retrieval_pb2_grpc.add_RetrievalServiceServicer_to_server(
-        RetrievalServicer(engine, options.authenticator, audit, watcher), server)
+        RetrievalServicer(engine, options.authenticator, audit, watcher, admin=options.admin,
+                          id_salt=options.id_salt), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_names = (
         SERVICE_NAME,

@@ -29,7 +29,9 @@ STATUS_OF = {
     Rejection.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     Rejection.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Rejection.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Rejection.PERMISSION: grpc.StatusCode.PERMISSION_DENIED,
 }
+ERASE_KINDS = {"patient_id": "patient", "study_uid": "study"}
 PREFILTER_OF = {
     retrieval_pb2.PREFILTER_MODE_UNSPECIFIED: Prefilter.OFF,
     retrieval_pb2.PREFILTER_MODE_OFF: Prefilter.OFF,
@@ -50,9 +52,12 @@ def _prefilter(value: int) -> Prefilter:
 
 class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def __init__(self, engine: RetrievalEngine, authenticator: Authenticator | None = None,
-                 audit: AuditLog | None = None, watcher: StoreWatcher | None = None) -> None:
+                 audit: AuditLog | None = None, watcher: StoreWatcher | None = None,
+                 admin: Authenticator | None = None, id_salt: str = "") -> None:
         self.engine = engine
         self.authenticator = authenticator or Authenticator({})
+        self.admin = admin or Authenticator({})  # the tokens that may call Erase; none: Erase is off
+        self.id_salt = id_salt
         self.audit = audit
         self.watcher = watcher
 
@@ -102,6 +107,35 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
     def DescribeCollection(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._handle("DescribeCollection", context, lambda: self._describe(request),
                             {"collection": request.collection[:64]})
+
+    def Erase(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        # Always audited (the audit request gains the erasure's counts); the id itself never enters it.
+        described = {"kind": ERASE_KINDS.get(request.WhichOneof("subject") or "", "none"),
+                     "collection": request.collection[:64] or "all"}
+        return self._handle("Erase", context, lambda: self._erase(request, context, described), described)
+
+    def _erase(self, request: Any, context: grpc.ServicerContext, described: dict[str, Any]) -> Any:
+        from cbmir.services.embedding.id_salt import IdSaltError
+        from cbmir.services.store.erase import erase_subject
+
+        if not self.admin.enabled:
+            raise QueryRejected(Rejection.PRECONDITION, "Erase is off on this server: start cbmir serve with "
+                                                        "--admin-tokens-file, or run cbmir erase on the store")
+        if self.admin.token_name(context.invocation_metadata()) is None:
+            raise QueryRejected(Rejection.PERMISSION, "Erase needs an admin token (cbmir serve --admin-tokens-file)")
+        field = request.WhichOneof("subject")
+        if field is None:
+            raise QueryRejected(Rejection.INVALID, "give patient_id or study_uid")
+        try:
+            report = erase_subject(self.engine.store, ERASE_KINDS[field], getattr(request, field),
+                                   request.collection, self.id_salt)
+        except IdSaltError as error:
+            raise QueryRejected(Rejection.PRECONDITION, str(error)) from None
+        except ValueError as error:  # an empty id
+            raise QueryRejected(Rejection.INVALID, str(error)) from None
+        described["erasure"] = report.to_dict()
+        return retrieval_pb2.EraseResponse(rows_erased=report.rows_erased, proved=report.proved,
+                                           report_json=json.dumps(report.to_dict(), sort_keys=True))
 
     def _search(self, request: Any) -> Any:
         kind = request.WhichOneof("query")

@@ -179,6 +179,7 @@ class MilvusStore:
             raise _unavailable(uri, error) from None
         self._index_cache: dict[str, IndexConfig] = {}
         self._fields: dict[str, frozenset[str]] = {}  # collection -> its field names (has_field)
+        self._erasure_fields_cache: dict[str, bool] = {}
         self._server_version: str | None = None
 
     def close(self) -> None:
@@ -276,6 +277,14 @@ class MilvusStore:
             self.load(name)
             return
         self.create_collection(name, model_identity_json, dim, index or choose_index(), id_salt_digest, num_partitions)
+
+    def has_erasure_fields(self, name: str) -> bool:
+        """Whether `name` has patient_hash/study_hash (schema version 2+); a version-1 collection is written without
+        them (cbmir erase cannot find its rows by patient: re-ingest into a new collection)."""
+        if name not in self._erasure_fields_cache:
+            fields = {f["name"] for f in self._describe(name).get("fields", [])}
+            self._erasure_fields_cache[name] = all(f in fields for f in schema.ERASURE_FIELDS)
+        return self._erasure_fields_cache[name]
 
     def id_salt_digest(self, name: str) -> str:
         return self._describe(name).get("properties", {}).get(schema.PROPERTY_ID_SALT_DIGEST, "") or ""
@@ -388,6 +397,11 @@ class MilvusStore:
             rows = [{k: v for k, v in row.items() if k != schema.THUMBNAIL} for row in rows]
         elif any(schema.THUMBNAIL not in row for row in rows):
             rows = [{schema.THUMBNAIL: "", **row} for row in rows]  # written by a caller that makes none
+        if self.has_erasure_fields(name):  # rows of a non-DICOM writer have no erasure keys: "" (nothing to erase by)
+            rows = [row if all(k in row for k in schema.ERASURE_FIELDS)
+                    else {**dict.fromkeys(schema.ERASURE_FIELDS, ""), **row} for row in rows]
+        else:  # a schema-1 collection (or a descriptor companion) has no such fields
+            rows = [{k: v for k, v in row.items() if k not in schema.ERASURE_FIELDS} for row in rows]
         delay = 0.5
         for attempt in range(1, UPSERT_RETRIES + 1):
             try:
@@ -465,6 +479,7 @@ class MilvusStore:
         self._call(self.client.drop_collection, name)
         self._index_cache.pop(name, None)
         self._fields.pop(name, None)
+        self._erasure_fields_cache.pop(name, None)
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -567,11 +582,12 @@ def rows_from_arrow(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     if isinstance(embeddings, pa.ChunkedArray):
         embeddings = embeddings.combine_chunks()
     vectors = embeddings.values.to_numpy(zero_copy_only=False).reshape(len(batch), -1).tolist()
-    scalars = {c: batch.column(c).to_pylist() for c in columns if c in schema.SCALAR_FIELDS or c == schema.ID}
+    scalars = {c: batch.column(c).to_pylist() for c in columns
+               if c in schema.SCALAR_FIELDS or c in schema.ERASURE_FIELDS or c == schema.ID}
     rows = []
     for i, vector in enumerate(vectors):
         row: dict[str, Any] = {schema.ID: scalars[schema.ID][i], schema.EMBEDDING: vector}
-        for name, max_length in schema.SCALAR_FIELDS.items():
+        for name, max_length in (*schema.SCALAR_FIELDS.items(), *schema.ERASURE_FIELDS.items()):
             value = scalars[name][i] if name in scalars else ""
             row[name] = (value or "")[:max_length]
         rows.append(row)

@@ -36,6 +36,13 @@ GRACEFUL_STOP_SECONDS = 3
 # server query spends its time"). The template's 512 MB with sealProportion 0.23 seals a growing segment at
 # ~118 MB (~29k rows); 2048 MB sealed at full size makes ~500k-row segments. Any --set of the same key wins.
 SEGMENT_SETTINGS = {"dataCoord.segment.maxSize": "2048", "dataCoord.segment.sealProportion": "1"}
+# Erasure (cbmir erase, docs/pacs.md "Erasure"): a compaction leaves the old segment files (which still hold the
+# erased rows) for the garbage collector, which by default runs hourly and keeps files of dropped segments 3 h more;
+# the inserts stay in rocksmq for 3 days. Here: GC every minute, dropped files gone a minute later, the insert log
+# kept 30 min (long enough for a growing segment to be sealed and flushed, dataCoord.segment.maxIdleTime 600 s,
+# before its log may go). Any --set of the same key wins.
+ERASURE_SETTINGS = {"dataCoord.gc.interval": "60", "dataCoord.gc.dropTolerance": "60",
+                    "rocksmq.retentionTimeInMinutes": "30"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -104,7 +111,7 @@ class MilvusServer:
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         # Extra milvus.yaml keys, dotted (e.g. dataCoord.segment.maxSize=2048): tuning for large collections.
-        self.settings = {**SEGMENT_SETTINGS, **(settings or {})}
+        self.settings = {**SEGMENT_SETTINGS, **ERASURE_SETTINGS, **(settings or {})}
         self.ports: dict[str, int] = {}
         self.healthz_port = 0
         self.process: subprocess.Popen[bytes] | None = None

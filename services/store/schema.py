@@ -20,6 +20,10 @@ MODEL_ID = "model_id"
 # scalar field. services/embedding/thumbnail.py keeps it under this length.
 THUMBNAIL = "thumbnail"
 THUMBNAIL_MAX_LENGTH = 16_384  # base64 of thumbnail.THUMBNAIL_MAX_BYTES (a test pins that it fits)
+# Salted hashes of the DICOM PatientID and StudyInstanceUID (services/embedding/decode.subject_hash), "" for other
+# images: they exist only so `cbmir erase` can find a patient's rows. Never filterable by clients, never returned.
+PATIENT_HASH = "patient_hash"
+STUDY_HASH = "study_hash"
 
 # VARCHAR fields and their max lengths; values longer than this are truncated at write time.
 SCALAR_FIELDS: dict[str, int] = {
@@ -34,6 +38,8 @@ SCALAR_FIELDS: dict[str, int] = {
     THUMBNAIL: THUMBNAIL_MAX_LENGTH,
 }
 ID_MAX_LENGTH = 64
+# The erasure keys: VARCHAR fields outside SCALAR_FIELDS, so no search filters on them or returns them.
+ERASURE_FIELDS: dict[str, int] = {PATIENT_HASH: 64, STUDY_HASH: 64}
 
 # Fields a search may filter on by equality. Anything else is rejected, never passed to Milvus.
 # Not `source`: a path can name a patient, and a filter on it would let a client probe for one.
@@ -47,7 +53,7 @@ PROPERTY_SCHEMA_VERSION = "cbmir.schema_version"
 PROPERTY_SEARCH_PARAMS = "cbmir.search_params"  # chosen at creation for the expected size (services/store/index.py)
 # A digest of the salt the ids were keyed with ("" or absent: unsalted sha256 ids); never the salt itself.
 PROPERTY_ID_SALT_DIGEST = "cbmir.id_salt_digest"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: patient_hash, study_hash (a version-1 collection has neither; erase says so)
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Row:
     dataset: str = ""
     model_id: str = ""
     thumbnail: str = ""
+    patient_hash: str = ""
+    study_hash: str = ""
 
 
 DESCRIPTOR = "descriptor"
@@ -90,4 +98,6 @@ def build_schema(dim: int) -> CollectionSchema:
     schema.add_field(EMBEDDING, DataType.FLOAT_VECTOR, dim=dim)
     for name, max_length in SCALAR_FIELDS.items():
         schema.add_field(name, DataType.VARCHAR, max_length=max_length, is_partition_key=(name == LABEL))
+    for name, max_length in ERASURE_FIELDS.items():
+        schema.add_field(name, DataType.VARCHAR, max_length=max_length)
     return schema

@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from cbmir.ingestion import IngestConfig, run_ingestion
 from cbmir.ingestion.source_field import is_dicom_name, stored_source
 from cbmir.ingestion.sources import scan_source
+from cbmir.services.embedding import subject_hash
 from cbmir.services.store import MilvusStore
 
 PATIENTS = ("DOE^JOHN", "ROE^JANE")
@@ -93,6 +95,16 @@ def test_a_dicom_tree_named_by_patient_stores_no_name_path_or_label(ray_local: N
     assert {r["label"] for r in rows} == {""}
     text = json.dumps(rows, default=str)
     assert not any(part in text for name in PATIENTS for part in (name, *name.split("^")))
+    assert not any("patient_hash" in r for r in rows)  # erasure keys are never returned with a row
+    # ...but stored, salted, so `cbmir erase --patient-id` finds the rows file ingestion wrote.
+    headers = [dcmread(p, stop_before_pixels=True) for p in patient_tree.glob("*/*.dcm")]
+    expected = {(subject_hash("patient", str(h.get("PatientID", "")), SALT),
+                 subject_hash("study", str(h.get("StudyInstanceUID", "")), SALT)) for h in headers}
+    store = MilvusStore(uri)
+    stored = store.client.query("pacs", filter="", output_fields=["patient_hash", "study_hash"], limit=100)
+    store.close()
+    assert {(r["patient_hash"], r["study_hash"]) for r in stored} <= expected
+    assert all(r["patient_hash"] for r in stored)
 
 
 def test_source_none_drops_the_path_and_class_folders_stay_labels(ray_local: None, class_tree: Path,

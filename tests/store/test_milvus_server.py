@@ -29,7 +29,7 @@ def test_partition_key_filter_finds_rows_written_with_insert(milvus_server: Milv
     store.ensure_collection("pk", identity, dim, choose_index("HNSW", "COSINE"))
     rng = np.random.default_rng(0)
     empty = {"predicted_label": "", "modality": "", "body_part": "", "view": "", "source": "", "dataset": "",
-             "model_id": ""}
+             "model_id": "", "patient_hash": "", "study_hash": ""}
     rows = [{**empty, "id": f"r{i}", "embedding": rng.random(dim).tolist(), "label": f"c{i % 3}"} for i in range(30)]
     store.client.insert("pk", rows)
     hits = store.search("pk", np.array([rows[0]["embedding"]]), 5, {"label": "c1"})[0]

@@ -42,7 +42,8 @@ def store(milvus_uri: str):
 
 
 def _full(rows: list[dict]) -> list[dict]:
-    return [{**{f: "" for f in store_schema.SCALAR_FIELDS}, **row} for row in rows]
+    fields = (*store_schema.SCALAR_FIELDS, *store_schema.ERASURE_FIELDS)  # every VARCHAR, for raw client inserts
+    return [{**{f: "" for f in fields}, **row} for row in rows]
 
 
 def test_upserting_the_same_rows_twice_keeps_one_row_each(store: MilvusStore) -> None:
