@@ -238,7 +238,7 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "fp16" and dev == "cpu" and not cpu_supports_fp16():
         # CPU float16 autocast runs everywhere in this torch, but without native kernels it is emulated and slow.
         log.warning("precision fp16 on this CPU has no native fp16 kernels (AVX512-FP16 / AMX-FP16): expect it "
-                    "to be slow; bf16 or fp32 vectors are within the measured tolerance (docs/scaling.md)")
+                    "to be slow; fp32 queries are within the measured tolerance of fp16 vectors (docs/scaling.md)")
     return precision
 
 
