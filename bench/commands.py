@@ -109,6 +109,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args.out)
     config = IngestBenchConfig(source=source, split=split, actors=_ints(args.actors),
                                batch_sizes=_ints(args.batch_sizes), limit=args.limit or None,
+                               device=args.device, precision=args.precision, gpus_per_actor=args.gpus_per_actor,
                                **_source_columns(args))
     print(f"cbmir bench ingest -> {out_dir}  source={source} split={split} limit={config.limit}", flush=True)
     record = {"machine": run_record.machine(), "versions": run_record.versions(),
@@ -220,6 +221,29 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
     record = {"machine": run_record.machine(), "versions": run_record.versions(),
               **run_service_bench(config, progress=lambda line: print(line, flush=True))}
     return _write_outputs(record, out_dir / "service.json", service_plot, service_table)
+
+
+def cmd_bench_precision(args: argparse.Namespace) -> int:
+    """mAP@10 with the archive embedded at one precision and the queries at another, per data set, with CIs."""
+    from cbmir.bench import run_record
+    from cbmir.bench.quality.datasets import PRESETS
+    from cbmir.bench.quality.precision import precision_grid, precision_plot, precision_table
+
+    unknown = [name for name in args.datasets if name not in PRESETS]
+    if unknown:
+        raise SystemExit(f"cbmir bench precision: unknown data set {', '.join(unknown)}: choose from "
+                         f"{', '.join(PRESETS)}")
+    out_dir = _out_dir(args.out)
+    print(f"cbmir bench precision -> {out_dir}  datasets={','.join(args.datasets)} limit={args.limit or 'all'}",
+          flush=True)
+    record: dict[str, Any] = {"machine": run_record.machine(), "versions": run_record.versions(), "datasets": []}
+    for name in args.datasets:
+        record["datasets"].append(precision_grid(PRESETS[name], _words(args.precisions), limit=args.limit or None,
+                                                 progress=not args.no_progress))
+        # Written after each data set: a long run that is stopped keeps what it measured.
+        (out_dir / "precision.json").write_text(json.dumps(record, indent=2, default=float))
+    return _write_outputs(record, out_dir / "precision.json", precision_plot,
+                          lambda r: "\n\n".join(precision_table(d) for d in r["datasets"]))
 
 
 def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
@@ -342,6 +366,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     ingest.add_argument("--actors", default="1,2", help="(default %(default)s)")
     ingest.add_argument("--batch-sizes", default="16,32", help="(default %(default)s)")
     ingest.add_argument("--limit", type=int, default=400, help="images per run, 0 = all (default %(default)s)")
+    ingest.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the bare model and the actors on the GPU, decode on the CPUs; GPU utilisation "
+                             "sampled (torch.cuda.utilization or nvidia-smi). Run it on the GPU node "
+                             "(docs/scaling.md) (default %(default)s)")
+    ingest.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="(default %(default)s: fp16 on CUDA)")
+    ingest.add_argument("--gpus-per-actor", type=float, default=1.0, help="with --device cuda (default %(default)s)")
     _add_out_flag(ingest)
     add_logging_flags(ingest, "WARNING")
     ingest.set_defaults(func=cmd_bench_ingest)
@@ -449,3 +480,18 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     _add_out_flag(decode)
     add_logging_flags(decode, "WARNING")
     decode.set_defaults(func=cmd_bench_decode)
+
+    precision = bench_sub.add_parser(
+        "precision", help="retrieval quality with the archive and the queries embedded at different precisions",
+        description="Embed each data set once per precision on this CPU (fp16 / bf16 by autocast) and score every "
+                    "(archive precision, query precision) pair by exact cosine search: mAP@10 and P@10 with 95% "
+                    "bootstrap CIs, the paired mAP@10 difference to the archive's own precision, and the cosine of "
+                    "each precision's vectors to fp32. Writes results/bench/<timestamp>/precision.json, a PNG and "
+                    "a table (docs/scaling.md quotes it).")
+    precision.add_argument("datasets", nargs="+", help="presets of `cbmir eval` (brain-mri, mias-tissue, ...)")
+    precision.add_argument("--precisions", default="fp32,bf16,fp16", help="(default %(default)s)")
+    precision.add_argument("--limit", type=int, default=0, help="index images per data set, 0 = all")
+    precision.add_argument("--no-progress", action="store_true")
+    _add_out_flag(precision)
+    add_logging_flags(precision, "WARNING")
+    precision.set_defaults(func=cmd_bench_precision)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -170,19 +171,77 @@ class IngestBenchConfig(BenchSource):
     limit: int | None = 400
     bare_images: int = 128
     decode_images: int = 64
+    device: str = "cpu"  # cuda: the actors (and the bare model) on the GPU, decode on the CPUs feeding them
+    precision: str = "auto"
+    gpus_per_actor: float = 1.0
 
 
-def bare_model_rate(images: list[np.ndarray], batch_size: int) -> float:
-    """The model's own images/s on this CPU, all threads, no Ray, no I/O, on images already decoded and resized
-    to its input size (the decoder's share, resize included, is bare_decode_img_s)."""
+def bare_model_rate(images: list[np.ndarray], batch_size: int, device: str = "cpu", precision: str = "auto") -> float:
+    """The model's own images/s on `device` (all CPU threads), no Ray, no I/O, on images already decoded and
+    resized to its input size (the decoder's share, resize included, is bare_decode_img_s)."""
     from cbmir.services.embedding import EmbeddingModel
 
-    model = EmbeddingModel.load(precision="auto")
-    model.embed(images[:batch_size])  # warm-up
+    model = EmbeddingModel.load(device=device, precision=precision, batch_size=batch_size)
+    model.embed(images[:batch_size])  # warm-up (and cuDNN's autotuning on a GPU)
     started = time.perf_counter()
-    for start in range(0, len(images), batch_size):
-        model.embed(images[start:start + batch_size])
+    model.embed(images)  # batch_size per forward pass, the next batch's copy overlapping this one's
     return len(images) / (time.perf_counter() - started)
+
+
+class GpuUtilisation:
+    """Samples GPU utilisation (%) in a thread while a stage runs: torch.cuda.utilization (NVML, needs pynvml),
+    else `nvidia-smi`. It reads the whole device, so it sees the Ray actors' work from the driver process when the
+    benchmark runs on the GPU node. Without a GPU (or either reader) it records nothing and says so."""
+
+    def __init__(self, device: str, interval_s: float = 0.5) -> None:
+        self.interval_s = interval_s
+        self.reader = self._reader() if device.startswith("cuda") else None
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _reader() -> Any:
+        import shutil
+        import subprocess
+
+        import torch
+
+        try:
+            torch.cuda.utilization()
+            return lambda: float(torch.cuda.utilization())
+        except Exception:  # no pynvml, or no NVML: fall back to the driver's command line tool
+            pass
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            return None
+        query = [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0"]
+        return lambda: float(subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.split()[0])
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.reader is not None:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.samples.append(self.reader())
+            except Exception:  # a failed read is a missing sample, not a failed benchmark
+                continue
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        if not self.samples:
+            return {"gpu_util_mean": None, "gpu_util_max": None, "gpu_util_samples": 0,
+                    "gpu_util_note": "no GPU" if self.reader is None else "no sample read"}
+        return {"gpu_util_mean": round(statistics.fmean(self.samples), 1), "gpu_util_max": max(self.samples),
+                "gpu_util_samples": len(self.samples)}
 
 
 def limit_rate(bare_decode_img_s: float, bare_model_img_s: float) -> float:
@@ -215,25 +274,32 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
     progress(f"bare decode (decode_resized, as the read tasks run it, one process per core): {bare_decode:.1f} img/s")
     runs = []
     for batch_size in config.batch_sizes:
-        bare = bare_model_rate(decoded, batch_size)
-        progress(f"bare model, batch {batch_size}: {bare:.1f} img/s")
+        with GpuUtilisation(config.device) as bare_gpu:
+            bare = bare_model_rate(decoded, batch_size, config.device, config.precision)
+        progress(f"bare model on {config.device}, batch {batch_size}: {bare:.1f} img/s")
         for actors in config.actors:
             uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
-            report = run_ingestion(config.ingest_config(
-                milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size, limit=config.limit,
-                report_path=None, progress=False))
+            with GpuUtilisation(config.device) as pipeline_gpu:
+                report = run_ingestion(config.ingest_config(
+                    milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size,
+                    limit=config.limit, report_path=None, progress=False, device=config.device,
+                    precision=config.precision, gpus_per_actor=config.gpus_per_actor))
             # pipeline_seconds runs from the first read to the last write: Ray start-up is out, the actors' model
             # loading is in. "steady" (after the first batch returns) over-counts when actors ran ahead.
             pipeline_rate = report.read / report.pipeline_seconds if report.pipeline_seconds else 0.0
-            limit = limit_rate(bare_decode, bare)
+            # On a GPU the model does not take the decoders' cores: the slower of the two stages bounds the run.
+            gpu = config.device.startswith("cuda")
+            limit = min(bare_decode, bare) if gpu else limit_rate(bare_decode, bare)
             run = {"actors": actors, "batch_size": batch_size, "images": report.read,
                    "end_to_end_img_s": report.images_per_second, "pipeline_img_s": pipeline_rate,
                    "steady_img_s": report.steady_images_per_second, "bare_model_img_s": bare,
                    "ratio_pipeline_to_bare": pipeline_rate / bare if bare else 0.0,
                    "bare_decode_img_s": bare_decode, "limit_img_s": limit,
-                   "limit_basis": "decode and model share the cores: 1 / (1/bare_decode + 1/bare_model)",
+                   "limit_basis": "decode on the CPUs, model on the GPU: min(bare_decode, bare_model)" if gpu else
+                                  "decode and model share the cores: 1 / (1/bare_decode + 1/bare_model)",
                    "ratio_to_limit": pipeline_rate / limit if limit else 0.0,
-                   "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds}
+                   "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds,
+                   "device": config.device, "bare_gpu": bare_gpu.summary(), "pipeline_gpu": pipeline_gpu.summary()}
             runs.append(run)
             progress(f"{actors} actor(s), batch {batch_size}: {pipeline_rate:.1f} img/s in the pipeline "
                      f"({run['ratio_pipeline_to_bare']:.2f}x bare, {run['ratio_to_limit']:.2f}x the limit "
@@ -258,6 +324,11 @@ def ingest_table(record: dict[str, Any]) -> str:
                      f"{r.get('bare_decode_img_s', 0):11.1f} "
                      f"{r.get('limit_img_s', 0):6.1f} {r.get('ratio_to_limit', 0):8.2f} "
                      f"{r['ratio_pipeline_to_bare']:8.2f} {r['speedup_vs_1_actor']:10.2f}  {stages}")
+        if r.get("device", "cpu") != "cpu":
+            bare_gpu, pipe_gpu = r["bare_gpu"], r["pipeline_gpu"]
+            lines.append(f"{'':6s} GPU utilisation %: bare model mean {bare_gpu['gpu_util_mean']} max "
+                         f"{bare_gpu['gpu_util_max']}; pipeline mean {pipe_gpu['gpu_util_mean']} max "
+                         f"{pipe_gpu['gpu_util_max']} ({pipe_gpu['gpu_util_samples']} samples)")
     lines.append("\nimages/s; limit = 1 / (1/bare decode + 1/bare model): decode (one process per core) and model "
                  "share the cores")
     return "\n".join(lines)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from cbmir.ingestion.batches import (
     DESCRIPTOR,
@@ -28,7 +27,7 @@ from cbmir.ingestion.batches import (
 from cbmir.ingestion.wire import unpack
 from cbmir.services.embedding import EmbeddingModel
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptors
-from cbmir.services.embedding.preprocess import to_batch_tensor
+from cbmir.services.embedding.model import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +63,18 @@ class Embedder:
     """Turns decoded rows into vectors; present and failed rows pass through with a zero vector, never stored."""
 
     def __init__(self, backbone: str, weights: str | None, random_init: bool, device: str, precision: str,
-                 num_threads: int | None, descriptor: str = "", tta: bool = False) -> None:
+                 num_threads: int | None, descriptor: str = "", tta: bool = False,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         started = time.perf_counter()
+        # batch_size is the pipeline's (--batch-size): each batch Ray hands this actor is one forward pass.
         self.model = EmbeddingModel.load(backbone=backbone, weights=weights, random_init=random_init,
-                                         device=device, precision=precision, num_threads=num_threads, tta=tta)
+                                         device=device, precision=precision, num_threads=num_threads, tta=tta,
+                                         batch_size=batch_size)
         self.dim = self.model.dim
         self.descriptor = descriptor
         # A model with a classifier head also predicts each image's class: stored for the class prefilter.
         self.classes: list[str] | None = getattr(self.model, "classes", None)
         self.model_id = self.model.identity.model_id
-        # On CUDA, batches are staged in pinned (page-locked) host memory so the copy to the GPU is a real
-        # asynchronous DMA (`non_blocking=True` in the model); from pageable memory it would be a blocking copy.
-        self.pin_memory = device.startswith("cuda")
         log.info("embedder ready in %.1f s (model %s)", time.perf_counter() - started, self.model_id)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -112,31 +111,12 @@ class Embedder:
                                                          pa.float64()))
 
     def _vectors(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-        """Vectors, and the predicted class of each image when the model has a classifier head."""
-        if self.pin_memory:
-            return self._vectors_pinned(images)
+        """Vectors, and the predicted class of each image when the model has a classifier head. On CUDA the model
+        pins each batch and overlaps its copies with the GPU's work (EmbeddingModel.embed_and_predict_batches)."""
         if not self.classes:
             return self.model.embed(images), [""] * len(images)
         vectors, probabilities = self.model.embed_and_predict(images)
         return vectors, [self.classes[int(i)] for i in probabilities.argmax(axis=1)]
-
-    def _vectors_pinned(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
-        """As `model.embed(_and_predict)`, with each preprocessed batch pinned before it goes to the GPU."""
-        vectors: list[np.ndarray] = []
-        labels: list[str] = []
-        step = self.model.batch_size
-        for start in range(0, len(images), step):
-            batch = pin(to_batch_tensor(images[start:start + step], self.model.preprocessing))
-            embedding, probabilities = self.model.embed_and_predict_tensor(batch)
-            vectors.append(embedding.numpy())
-            if self.classes and probabilities is not None:
-                labels += [self.classes[int(i)] for i in probabilities.argmax(dim=1)]
-            else:
-                labels += [""] * embedding.shape[0]
-        out = np.ascontiguousarray(np.concatenate(vectors), dtype=np.float32)
-        if out.shape[1] != self.dim:
-            raise RuntimeError(f"the model produced {out.shape[1]}-d vectors, its identity says {self.dim}")
-        return out, labels
 
     def _embed(self, images: list[np.ndarray], rows: list[int], statuses: list[str], reasons: list[str],
                predicted: list[str]) -> dict[int, np.ndarray]:
@@ -157,11 +137,6 @@ class Embedder:
                 statuses[row] = STATUS_FAILED
                 reasons[row] = f"cannot embed: {type(error).__name__}: {error}"
         return result
-
-
-def pin(batch: torch.Tensor) -> torch.Tensor:
-    """Page-locked copy of a CPU tensor (CUDA only: pinning needs the driver)."""
-    return batch.pin_memory()
 
 
 def _maybe_die_once() -> None:

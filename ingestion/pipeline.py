@@ -474,7 +474,8 @@ def embedded_batches(blocks: Iterable[pa.Table], existing_ids: np.ndarray, confi
         dataset = _map_batches(
             dataset, RayEmbedder,
             {"max_restarts": ACTOR_MAX_RESTARTS, "max_task_retries": ACTOR_MAX_TASK_RETRIES, **placement},
-            fn_constructor_kwargs={**_model_options(config, plan), "descriptor": config.rerank_descriptor},
+            fn_constructor_kwargs={**_model_options(config, plan), "descriptor": config.rerank_descriptor,
+                                   "batch_size": config.batch_size},
             batch_format="pyarrow",
             batch_size=config.batch_size,
             compute=ray.data.ActorPoolStrategy(size=actors),

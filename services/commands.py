@@ -199,9 +199,19 @@ def cmd_info(args: argparse.Namespace) -> int:
         identity = json.loads(info.model_identity_json or "{}")
         print(f"  {info.name}: {info.row_count} rows, dim {info.dim}, {info.metric}, {info.index_type} "
               f"{json.dumps(info.index_params)}; model {identity.get('architecture')} "
-              f"weights {str(identity.get('weights_sha256'))[:12]}")
+              f"weights {str(identity.get('weights_sha256'))[:12]} {_precision_line(identity)}")
     store.close()
     return 0
+
+
+def _precision_line(identity: dict[str, Any]) -> str:
+    """The collection's precision and the query precisions a service may embed at (the measured tolerance)."""
+    from cbmir.services.embedding.precision import MEASURED
+
+    stored = identity.get("precision", "fp32")
+    accepted = sorted(queries for archive, queries in MEASURED if archive == stored)
+    return (f"precision {stored}" + (f" (queries also accepted at {', '.join(accepted)}: within the measured "
+                                     "tolerance, docs/scaling.md)" if accepted else ""))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

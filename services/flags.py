@@ -58,9 +58,11 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="store_true",
                         help="allow a randomly initialised backbone (seeded; for tests and plumbing only)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="(default %(default)s)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="auto = bf16 autocast where the CPU has AMX/AVX512-BF16, else fp32; serve: the precision "
-                             "the collection was written with. Part of the model identity (default auto)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto = fp16 autocast on CUDA; on CPU bf16 where it has AMX/AVX512-BF16, else fp32. "
+                             "serve: the collection's precision where this device runs it natively, else fp32; "
+                             "queries at another precision are accepted within the measured tolerance "
+                             "(docs/scaling.md). Recorded in the model identity (default auto)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: each vector (and class probability) is the mean over the image "
                              "and its horizontal mirror; twice the embedding cost, part of the model identity. "
@@ -73,16 +75,18 @@ def add_logging_flags(parser: argparse.ArgumentParser, level: str = "INFO") -> N
 
 
 def load_model_for(args: argparse.Namespace, store: Any = None, collection: str = "") -> Any:
-    """The model of the flags; with --precision auto, the precision the collection was written with."""
+    """The model of the flags; with --precision auto, the collection's precision where this device runs it
+    natively (services/embedding/precision.py)."""
     from cbmir.services.embedding import EmbeddingModel, ModelIdentity
     from cbmir.services.embedding.model import TTA_SUFFIX
+    from cbmir.services.embedding.precision import serving_precision
 
     precision, tta = args.precision, bool(getattr(args, "tta", False))
     if store is not None and store.has_collection(collection):
         stored = store.model_identity_json(collection)
         if stored:
             identity = ModelIdentity.from_json(stored)
-            precision = identity.precision if precision == "auto" else precision
+            precision = serving_precision(identity.precision, args.device) if precision == "auto" else precision
             # A collection of mirrored-and-averaged vectors is only searchable by the same model.
             tta = tta or identity.architecture.endswith(TTA_SUFFIX)
     return EmbeddingModel.load(args.backbone, weights=args.weights, random_init=args.random_init,

@@ -82,3 +82,15 @@ def test_secrets_come_from_files_or_env_not_only_flags(tmp_path: Path, monkeypat
     empty.write_text("")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--id-salt-file", str(empty)])
+
+
+def test_search_of_a_directory_is_one_clear_line_and_exit_2(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from cbmir.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["search", str(tmp_path), "--target", "127.0.0.1:1", "--timeout", "1"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cbmir: error: {tmp_path} is a directory: a search takes one image file (to index a folder, "
+                   "use `cbmir ingest --source DIR`)")

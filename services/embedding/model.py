@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,14 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def cpu_supports_fp16() -> bool:
+    """True when oneDNN has native fp16 kernels (AVX512-FP16 / AMX-FP16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except Exception:
+        return False
+
+
 def resolve_precision(precision: str, device: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -227,12 +235,65 @@ def resolve_precision(precision: str, device: str) -> str:
         if dev == "cuda":
             return "fp16"
         return "bf16" if dev == "cpu" and cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and dev == "cpu":
-        raise ValueError("precision fp16 is for CUDA; on CPU use bf16 or fp32")
+    if precision == "fp16" and dev == "cpu" and not cpu_supports_fp16():
+        # CPU float16 autocast runs everywhere in this torch, but without native kernels it is emulated and slow.
+        log.warning("precision fp16 on this CPU has no native fp16 kernels (AVX512-FP16 / AMX-FP16): expect it "
+                    "to be slow; fp32 queries are within the measured tolerance of fp16 vectors (docs/scaling.md)")
     return precision
 
 
 # ---------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class _InFlight:
+    """A batch's results on their way to the host; `result()` waits for that copy only."""
+
+    embedding: torch.Tensor
+    probabilities: torch.Tensor | None
+    done: Any = None  # a CUDA event recorded after the copies; None on CPU
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.embedding, self.probabilities
+
+
+class DeviceTransfer:
+    """Moves batches between the host and the model's device. On CUDA: pinned host memory and non-blocking copies,
+    the copies in on their own stream so they overlap the forward pass of the batch before; on CPU: nothing."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if not self.cuda:
+            return batch
+        # A DMA from pageable memory would block the host: page-lock the batch first.
+        host = batch if batch.is_pinned() else batch.pin_memory()
+        with torch.cuda.stream(self._copy_stream):
+            return host.to(self.device, non_blocking=True)
+
+    def ready(self, staged: torch.Tensor) -> torch.Tensor:
+        """The staged batch, usable on the compute stream once its copy has landed."""
+        if self.cuda:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_stream(self._copy_stream)
+            staged.record_stream(compute)  # allocated on the copy stream, freed only after compute used it
+        return staged
+
+    def to_host(self, embedding: torch.Tensor, probabilities: torch.Tensor | None) -> _InFlight:
+        if not self.cuda:
+            return _InFlight(embedding, probabilities)
+        def copy(t: torch.Tensor) -> torch.Tensor:
+            out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            return out.copy_(t, non_blocking=True)
+        done = torch.cuda.Event()
+        host = _InFlight(copy(embedding), copy(probabilities) if probabilities is not None else None, done)
+        done.record(torch.cuda.current_stream(self.device))
+        return host
 
 
 class EmbeddingModel:
@@ -266,20 +327,24 @@ class EmbeddingModel:
         module = module.eval().to(self._torch_device)
         for p in module.parameters():
             p.requires_grad_(False)
-        if self._torch_device.type == "cpu":
-            # oneDNN convolutions run fastest on NHWC; converting once here avoids reorders on every batch.
-            module = module.to(memory_format=torch.channels_last)
+        # NHWC on both devices: oneDNN convolutions run fastest on it, and so do cuDNN's fp16/bf16 tensor-core
+        # kernels; converting the weights once here avoids a reorder on every batch.
+        module = module.to(memory_format=torch.channels_last)
+        if self._torch_device.type == "cuda":
+            # Every batch has the same input size, so cuDNN's autotuner picks the fastest kernels once.
+            torch.backends.cudnn.benchmark = True
         self.module = module
 
     @classmethod
     def load(cls, backbone: str = "efficientnet_lite0", weights: str | None = None, random_init: bool = False,
              device: str = "cpu", precision: str = "auto", num_threads: int | None = None,
-             tta: bool = False) -> EmbeddingModel:
+             tta: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> EmbeddingModel:
         """A backbone with bundled or file weights, or a `cbmir train` checkpoint (weights=PATH to it).
 
         A checkpoint carries its backbone; `backbone` must name the same one (WeightsError otherwise), so a
         command line never silently serves a model other than the one it names. tta=True averages each
-        embedding (and class probabilities) over the image and its horizontal mirror.
+        embedding (and class probabilities) over the image and its horizontal mirror. batch_size: images per
+        forward pass.
         """
         spec = get_backbone(backbone)
         if num_threads is not None:
@@ -296,6 +361,8 @@ class EmbeddingModel:
         else:
             module, digest = build_backbone(spec, weights, random_init)
             model = cls(module, spec, digest, device, resolved, tta=tta)
+        # One forward pass per batch the caller hands over (ingestion: --batch-size), not a fixed inner size.
+        model.batch_size = batch_size
         log.info("loaded %s weights=%s precision=%s device=%s model_id=%s", model.identity.architecture,
                  model.identity.weights_sha256[:12], resolved, device, model.identity.model_id)
         return model
@@ -355,11 +422,9 @@ class EmbeddingModel:
         embedding, logits = out
         return embedding, logits
 
-    def embed_and_predict_tensor(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Preprocessed batch -> (N x dim embeddings, N x C softmax probabilities or None), one forward pass."""
-        x = batch.to(self._torch_device, non_blocking=True)
-        if self._torch_device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+    def _device_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch already on the device -> (float embeddings, softmax probabilities or None), still there."""
+        x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             embedding, logits = self._forward(x)
             if self.tta:
@@ -369,13 +434,51 @@ class EmbeddingModel:
                     embedding = torch.nn.functional.normalize(embedding, dim=1)
                 if logits is not None and flipped_logits is not None:
                     probs = (torch.softmax(logits.float(), 1) + torch.softmax(flipped_logits.float(), 1)) / 2
-                    return embedding.float().cpu(), probs.cpu()
-        probs = torch.softmax(logits.float(), 1).cpu() if logits is not None else None
-        return embedding.float().cpu(), probs
+                    return embedding.float(), probs
+        probs = torch.softmax(logits.float(), 1) if logits is not None else None
+        return embedding.float(), probs
+
+    def embed_and_predict_batches(self, batches: Iterable[torch.Tensor]
+                                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Preprocessed N x 3 x S x S batches -> (embeddings, probabilities or None) on the CPU, in order, one
+        forward pass per batch.
+
+        Double-buffered: batch i+1 is handed to the device before batch i's forward pass is queued, and batch i-1's
+        results are waited for only after that. On CUDA the copies in are non-blocking from pinned memory on a side
+        stream and the copies out non-blocking into pinned memory, so transfers overlap the GPU's work and the host
+        prepares the next batch meanwhile; on CPU every step is immediate."""
+        transfer = DeviceTransfer(self._torch_device)
+        staged: torch.Tensor | None = None
+        pending: _InFlight | None = None
+        for batch in batches:
+            incoming = transfer.to_device(batch)
+            if staged is not None:
+                launched = transfer.to_host(*self._device_forward(transfer.ready(staged)))
+                if pending is not None:
+                    yield pending.result()
+                pending = launched
+            staged = incoming
+        if staged is not None:
+            launched = transfer.to_host(*self._device_forward(transfer.ready(staged)))
+            if pending is not None:
+                yield pending.result()
+            pending = launched
+        if pending is not None:
+            yield pending.result()
+
+    def embed_and_predict_tensor(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Preprocessed batch -> (N x dim embeddings, N x C softmax probabilities or None), one forward pass."""
+        return next(self.embed_and_predict_batches([batch]))
 
     def embed_tensor(self, batch: torch.Tensor) -> torch.Tensor:
         """Already preprocessed N x 3 x S x S batch -> N x dim float32 tensor on the CPU."""
         return self.embed_and_predict_tensor(batch)[0]
+
+    def _batches(self, images: Sequence[np.ndarray]) -> Iterator[torch.Tensor]:
+        """Preprocessed batches of `batch_size` images, made lazily: the host builds batch i+1 while the device
+        runs batch i."""
+        for chunk in self._chunks(images):
+            yield to_batch_tensor(chunk, self.preprocessing)
 
     def _require_classes(self) -> list[str]:
         if self.classes is None:
@@ -390,8 +493,7 @@ class EmbeddingModel:
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32), np.zeros((0, len(classes)), dtype=np.float32)
         embeddings, probabilities = [], []
-        for chunk in self._chunks(images):
-            embedding, probs = self.embed_and_predict_tensor(to_batch_tensor(chunk, self.preprocessing))
+        for embedding, probs in self.embed_and_predict_batches(self._batches(images)):
             assert probs is not None
             embeddings.append(embedding.numpy())
             probabilities.append(probs.numpy())
@@ -406,8 +508,7 @@ class EmbeddingModel:
         """Decoded images (float HxW / HxWx3 in [0, 1]) -> (N, dim) float32, not normalised."""
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        parts = [self.embed_tensor(to_batch_tensor(chunk, self.preprocessing)).numpy()
-                 for chunk in self._chunks(images)]
+        parts = [embedding.numpy() for embedding, _ in self.embed_and_predict_batches(self._batches(images))]
         out = np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32)
         if out.shape[1] != self.dim:
             raise RuntimeError(

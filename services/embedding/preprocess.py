@@ -7,6 +7,7 @@ vector for the same file are computed from the same pixels.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,8 @@ class Preprocessing:
 
 
 def _to_chw(image: np.ndarray) -> torch.Tensor:
-    """HxW / HxWx1 / HxWx3 / HxWx4 (float in [0, 1] or uint8/uint16) -> C x H x W float32, C in {1, 3}."""
+    """HxW / HxWx1 / HxWx3 / HxWx4 (float in [0, 1] or uint8/uint16) -> C x H x W float32, C in {1, 3}; a float32
+    input is shared, not copied, so the result is for reading."""
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
         arr = arr[:, :, :3] if arr.shape[2] == 4 else arr
@@ -65,7 +67,16 @@ def _to_chw(image: np.ndarray) -> torch.Tensor:
         arr = arr.astype(np.float32) / 65535.0
     else:
         arr = arr.astype(np.float32, copy=False)
-    t = torch.from_numpy(np.ascontiguousarray(arr))
+    arr = np.ascontiguousarray(arr)
+    if arr.flags.writeable:
+        t = torch.from_numpy(arr)
+    else:
+        # Read-only float pixels (np.frombuffer over a Ray/Arrow buffer in the embedding actors): shared, not
+        # copied. Every caller only reads the tensor (interpolate, or a copy into the batch), so torch's
+        # "non-writable array" warning, printed once by every actor, says nothing here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            t = torch.from_numpy(arr)
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
 

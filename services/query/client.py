@@ -19,6 +19,17 @@ PREFILTERS = {
 }
 
 
+def read_image_file(path: Path) -> bytes:
+    """The query image's bytes; a folder or an unreadable file is a ValueError naming the fix, not a traceback."""
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory: a search takes one image file (to index a folder, use "
+                         "`cbmir ingest --source DIR`)") from None
+    except PermissionError:
+        raise ValueError(f"cannot read {path}: permission denied (give an image file this user may read)") from None
+
+
 class RetrievalClient:
     """Plain text by default (a loopback server); `tls_ca` (and `tls_cert`/`tls_key` for mTLS) switch to TLS.
 
@@ -76,7 +87,7 @@ class RetrievalClient:
             min_confidence=min_confidence, rerank=rerank, k_prep=k_prep, with_thumbnails=thumbnails,
         )
         if image is not None:
-            request.image = image if isinstance(image, bytes) else Path(image).read_bytes()
+            request.image = image if isinstance(image, bytes) else read_image_file(Path(image))
         elif vector is not None:
             request.vector.values.extend(float(v) for v in vector)
         elif id is not None:

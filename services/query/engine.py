@@ -17,6 +17,7 @@ import numpy as np
 from cbmir.services.embedding import EmbeddingModel, ImageDecodeError
 from cbmir.services.embedding.declared import DeclaredSizeError, declared_size
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
+from cbmir.services.embedding.precision import query_precision_tolerance
 from cbmir.services.embedding.preprocess import decode_resized
 from cbmir.services.query.admission import DEFAULT_DECODE_BUDGET_BYTES, BudgetExceeded, DecodeBudget
 from cbmir.services.query.vector_only import StoredVectorsModel
@@ -31,6 +32,7 @@ from cbmir.services.store import (
     StoreUnavailableError,
 )
 from cbmir.services.store.filters import build_filter_expression
+from cbmir.services.store.milvus import describe_differences
 from cbmir.services.store.schema import EMBEDDING, LABEL, OUTPUT_FIELDS, PREDICTED_LABEL, SOURCE, THUMBNAIL
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,10 @@ class RetrievalEngine:
             if name in self._checked:
                 return self._checked[name]
         try:
-            self.store.check_model(name, self._model_json)
+            differences = self.store.check_model(name, self._model_json, tolerated=("precision",),
+                                                 offered_as="service")
+            if "precision" in differences:
+                self._accept_precision(name, *differences["precision"])
             dim = self.store.describe(name).dim
         except CollectionNotFoundError:
             raise QueryRejected(Rejection.NOT_FOUND, f"collection {shown(name)} not found") from None
@@ -159,6 +164,19 @@ class RetrievalEngine:
         with self._lock:
             self._checked[name] = dim
         return dim
+
+    def _accept_precision(self, name: str, stored: str, serving: str) -> None:
+        """Queries embedded at another precision than the collection's: accepted within the measured tolerance
+        (logged once per collection), refused otherwise with the flag that matches."""
+        why = query_precision_tolerance(stored, serving)
+        if why is None:
+            raise ModelMismatchError(
+                f"collection {name!r} holds vectors of another model than service: "
+                f"{describe_differences({'precision': (stored, serving)}, 'service')}, a pair with no measured "
+                f"tolerance; start the service with --precision {stored} (or auto)")
+        log.warning("collection %s holds %s vectors, this service embeds queries at %s: accepted (%s)",
+                    name, stored, serving, why,
+                    extra={"collection": name, "collection_precision": stored, "query_precision": serving})
 
     def _validate(self, query: SearchQuery) -> str:
         given = [query.image is not None, query.vector is not None, bool(query.id)]

@@ -79,6 +79,40 @@ class ModelMismatchError(StoreError):
     """The collection was filled by a different embedding model than the one offered."""
 
 
+IDENTITY_FIELDS = ("architecture", "weights_sha256", "dim", "preprocessing", "precision")
+
+
+def identity_differences(stored: Mapping[str, Any], offered: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{field: (collection's value, offered value)} for each model-identity field that differs. A collection
+    written before precision was recorded was fp32, as ModelIdentity.from_json reads it."""
+    defaults = {"precision": "fp32"}
+    differences = {}
+    present = set(stored) | set(offered)
+    for key in [*(k for k in IDENTITY_FIELDS if k in present), *sorted(present - set(IDENTITY_FIELDS))]:
+        have, want = stored.get(key, defaults.get(key)), offered.get(key, defaults.get(key))
+        if have != want:
+            differences[key] = (have, want)
+    return differences
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "weights_sha256" and isinstance(value, str):
+        return value[:12]
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) if isinstance(value, dict) else str(value)
+
+
+def describe_differences(differences: Mapping[str, tuple[Any, Any]], offered_as: str = "this model") -> str:
+    """'precision: collection fp16, service bf16; dim: ...': only the fields that differ, both sides named."""
+    parts = []
+    for key, (have, want) in differences.items():
+        if isinstance(have, dict) and isinstance(want, dict):  # preprocessing: name the sub-fields that differ
+            keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            have = {k: have.get(k) for k in keys}
+            want = {k: want.get(k) for k in keys}
+        parts.append(f"{key}: collection {_shown(key, have)}, {offered_as} {_shown(key, want)}")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class Hit:
     id: str
@@ -299,19 +333,22 @@ class MilvusStore:
                 f"collection {name!r} keys its image ids with {have}, this run with {offered}: pass the same "
                 f"--id-salt (or CBMIR_ID_SALT) as the run that created it, or use another --collection")
 
-    def check_model(self, name: str, model_identity_json: str) -> None:
+    def check_model(self, name: str, model_identity_json: str, tolerated: Sequence[str] = (),
+                    offered_as: str = "this model") -> dict[str, tuple[Any, Any]]:
+        """Refuse a model whose identity differs from the collection's in any field but the `tolerated` ones;
+        -> the tolerated fields that differ, {field: (collection's value, offered value)}."""
         stored = self.model_identity_json(name)
         if not stored:
             raise ModelMismatchError(f"collection {name!r} was not created by cbmir (no model identity recorded)")
-        if json.loads(stored) != json.loads(model_identity_json):
-            stored_id = json.loads(stored)
-            offered = json.loads(model_identity_json)
+        differences = identity_differences(json.loads(stored), json.loads(model_identity_json))
+        refused = {k: v for k, v in differences.items() if k not in tolerated}
+        if refused:
+            fix = (f"pass --precision {refused['precision'][0]}" if list(refused) == ["precision"]
+                   else "use the collection's model")
             raise ModelMismatchError(
-                f"collection {name!r} holds vectors of model {stored_id.get('architecture')} "
-                f"(weights {str(stored_id.get('weights_sha256'))[:12]}, dim {stored_id.get('dim')}), not of "
-                f"{offered.get('architecture')} (weights {str(offered.get('weights_sha256'))[:12]}, dim "
-                f"{offered.get('dim')}); use that model, or another --collection for this one"
-            )
+                f"collection {name!r} holds vectors of another model than {offered_as}: "
+                f"{describe_differences(differences, offered_as)}; {fix}, or another --collection for this one")
+        return differences
 
     def _describe(self, name: str) -> dict[str, Any]:
         if not self.has_collection(name):

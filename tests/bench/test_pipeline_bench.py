@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from cbmir.bench.pipeline import (
+    GpuUtilisation,
     IngestBenchConfig,
     QueryBenchConfig,
     ingest_plot,
@@ -70,3 +72,18 @@ def test_ingest_bench_reads_a_manifest_with_other_column_names(ray_local, patien
     (run,) = record["runs"]
     assert run["images"] == 12 and run["bare_model_img_s"] > 0
     assert record["config"]["label_column"] == "tissue"
+
+
+def test_gpu_utilisation_without_a_gpu_records_nothing_and_says_so() -> None:
+    with GpuUtilisation("cpu", interval_s=0.01) as sampler:
+        time.sleep(0.05)
+    assert sampler.summary() == {"gpu_util_mean": None, "gpu_util_max": None, "gpu_util_samples": 0,
+                                 "gpu_util_note": "no GPU"}
+
+
+def test_bench_ingest_takes_the_gpu_flags() -> None:
+    from cbmir.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "ingest", "--device", "cuda", "--gpus-per-actor", "0.5",
+                                      "--batch-sizes", "128"])
+    assert (args.device, args.precision, args.gpus_per_actor, args.batch_sizes) == ("cuda", "auto", 0.5, "128")

@@ -15,6 +15,8 @@ import yaml
 
 from cbmir.cli import build_parser
 from cbmir.ingestion.pipeline import plan_resources
+from cbmir.services.embedding.model import resolve_precision
+from cbmir.services.embedding.precision import query_precision_tolerance, serving_precision
 from cbmir.services.query.server import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,6 +155,17 @@ def test_ingest_commands_attach_to_the_ray_cluster() -> None:
     assert ingests["compose ingest"].ray_address == "ray://ray-head:10001"
     job = ingests["RayJob entrypoint"]
     assert job.ray_address == "auto" and job.device == "cuda" and job.precision == "auto"
+
+
+def test_the_cpu_query_service_accepts_what_the_gpu_job_ingests() -> None:
+    # The shipped pair: the RayJob writes fp16 vectors (auto on CUDA), the Deployment serves them on CPU.
+    commands = dict(_cbmir_commands())
+    job, serve = _parse(commands["RayJob entrypoint"]), _parse(commands["Deployment cbmir"])
+    stored = resolve_precision(job.precision, job.device)
+    assert stored == "fp16" and serve.device == "cpu" and serve.precision == "auto"
+    # auto adopts fp16 where the node's CPU has native fp16 kernels, else fp32: both within the measured tolerance.
+    for served in {serving_precision(stored, serve.device), "fp16", "fp32"}:
+        assert query_precision_tolerance(stored, served) is not None, served
 
 
 def test_env_names_are_the_ones_the_code_reads() -> None:

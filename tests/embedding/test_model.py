@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +235,24 @@ def test_preprocessing_squashes_whole_image_and_normalises() -> None:
     torch.testing.assert_close(batch[1], -torch.ones(3, 8, 8))
     with pytest.raises(ValueError, match="resize"):
         Preprocessing(input_size=8, mean=(0, 0, 0), std=(1, 1, 1), resize="center-crop")
+
+
+def test_read_only_wire_pixels_are_embedded_without_a_warning_or_a_copy() -> None:
+    # torch warns once per process, so a fresh one: the embedding actors get read-only float32 pixels
+    # (np.frombuffer over the Arrow buffer) and used to warn "non-writable NumPy array" each.
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('error')\n"
+        "from cbmir.ingestion.wire import pack, unpack\n"
+        "from cbmir.services.embedding.preprocess import Preprocessing, _to_chw, presize, to_batch_tensor\n"
+        "pixels = np.random.default_rng(0).random((224, 224), dtype=np.float32)\n"
+        "shared = unpack(*pack(pixels))\n"
+        "assert not shared.flags.writeable\n"
+        "prep = Preprocessing(input_size=224, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))\n"
+        "assert to_batch_tensor([shared], prep).equal(to_batch_tensor([pixels.copy()], prep))\n"
+        "assert _to_chw(shared).data_ptr() == shared.ctypes.data  # shared, not copied\n"
+        "presize(shared, 224)\n"
+        "print('clean')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "clean", result.stderr[-2000:]
+

@@ -225,7 +225,8 @@ def test_collection_of_another_model_is_refused(breastmnist_runs: tuple[Run, Run
     first, _ = breastmnist_runs
     other_model = replace(first.config, random_init=True, report_path=None)
 
-    with pytest.raises(ModelMismatchError, match="use that model, or another --collection"):
+    with pytest.raises(ModelMismatchError, match="weights_sha256: collection [0-9a-f]{12}, this model random-init-; "
+                                                 "use the collection's model, or another --collection"):
         run_ingestion(other_model)
     assert _count(first.config) == first.report.row_count_after
 
@@ -249,3 +250,14 @@ def test_ingest_past_the_lite_serving_limit_warns_with_the_way_to_a_server(
     warnings = [r for r in caplog.records if r.name.endswith("lite_limit")]
     assert len(warnings) == 1 and warnings[0].rows == report.row_count_after > 3
     assert "cbmir migrate --from" in warnings[0].getMessage()
+
+
+def test_cbmir_ingest_prints_its_summary_once(ray_local: None, breastmnist_png_archive: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from cbmir.cli import main
+
+    code = main(["ingest", str(breastmnist_png_archive), "--milvus-uri", str(tmp_path / "cbmir.db"), "--split",
+                 "train", "--limit", "8", "--actors", "1", "--no-progress", "--report", str(tmp_path / "r.json")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert (captured.out + captured.err).count("ingested 8 of 8 images read") == 1, captured.out + captured.err

@@ -100,8 +100,23 @@ def test_injection_text_inside_an_allowed_value_is_matched_literally(store: Milv
 
 def test_a_collection_of_another_model_is_refused(store: MilvusStore) -> None:
     other = json.dumps({"architecture": "other", "weights_sha256": "def", "dim": DIM, "preprocessing": {}})
-    with pytest.raises(ModelMismatchError, match="holds vectors of model test"):
+    with pytest.raises(ModelMismatchError, match="architecture: collection test, this model other; weights_sha256: "
+                                                 "collection abc, this model def; use the collection's model"):
         store.ensure_collection("images", other, DIM)
+
+
+def test_a_mismatch_names_only_the_fields_that_differ(store: MilvusStore) -> None:
+    stored = json.loads(store.model_identity_json("images"))
+    other = json.dumps({**stored, "precision": "fp16", "preprocessing": {**stored["preprocessing"], "size": 256}})
+    with pytest.raises(ModelMismatchError) as refused:
+        store.check_model("images", other, offered_as="service")
+    message = str(refused.value)
+    assert "precision: collection fp32, service fp16" in message
+    assert "architecture" not in message and "dim" not in message and "weights" not in message
+    assert "size" in message
+    # A tolerated field is handed back, not refused.
+    assert store.check_model("images", json.dumps({**stored, "precision": "fp16"}), tolerated=("precision",)) == {
+        "precision": ("fp32", "fp16")}
 
 
 def test_unknown_collection_is_not_found(store: MilvusStore) -> None:

@@ -1,5 +1,8 @@
-"""The GPU path, checked without a GPU: fractional GPUs per actor reach Ray, CUDA means fp16 autocast, and
-batches are pinned before the host-to-device copy (docs/scaling.md). Running it needs a CUDA machine."""
+"""The GPU path's wiring, checked on this CPU-only machine: the plan gives GPU actors a GPU share and decoding to
+CPUs, the actors get the GPU share, device, precision and --batch-size, CUDA means fp16 autocast, and the model's
+batching (one forward pass per --batch-size batch, NHWC, double-buffered transfers) runs here on CPU. No GPU runs
+in these tests: the GPU itself is measured by `cbmir bench ingest --device cuda` on a GPU node (docs/scaling.md).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +13,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-import cbmir.ingestion.embedder as embedder_module
 import cbmir.ingestion.pipeline as pipeline
 from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.embedder import Embedder
 from cbmir.ingestion.pipeline import plan_resources
 from cbmir.services.embedding import EmbeddingModel
 from cbmir.services.embedding.model import resolve_precision
+from cbmir.services.embedding.preprocess import to_batch_tensor
 
 
 @pytest.mark.parametrize(("gpus_per_actor", "actors"), [(0.5, 4), (0.25, 8), (1.0, 2)])
@@ -74,17 +77,17 @@ def test_embedding_actors_are_created_with_the_gpu_share(monkeypatch: pytest.Mon
     assert embed["compute"].min_size == embed["compute"].max_size == 4
     assert embed["fn_constructor_kwargs"]["device"] == "cuda"
     assert embed["fn_constructor_kwargs"]["precision"] == "auto"
+    assert embed["fn_constructor_kwargs"]["batch_size"] == config.batch_size == embed["batch_size"]
 
     calls.clear()
     list(pipeline.embedded_batches([pa.table({"uri": ["a"]})], np.zeros(0, "S64"), config, plan, 224))
     assert calls[1]["compute"].min_size == calls[1]["compute"].max_size == 1  # one row: one actor, not four
 
 
-def test_cuda_resolves_to_fp16_autocast_and_cpu_never_does() -> None:
+def test_cuda_resolves_to_fp16_autocast_and_cpu_auto_never_does() -> None:
     assert resolve_precision("auto", "cuda") == "fp16"
     assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
-    with pytest.raises(ValueError, match="fp16 is for CUDA"):
-        resolve_precision("fp16", "cpu")
+    assert resolve_precision("fp16", "cpu") == "fp16"  # asked for: CPU autocast runs float16 in this torch
     model = object.__new__(EmbeddingModel)
     model.precision, model._torch_device = "fp16", torch.device("cuda")
     with pytest.warns(UserWarning):  # no CUDA here: torch disables it, but the choice is what we check
@@ -97,23 +100,55 @@ def test_cuda_without_a_gpu_fails_with_a_clear_message() -> None:
         EmbeddingModel.load("efficientnet_lite0", device="cuda")
 
 
-def test_cuda_embedder_pins_each_batch_before_the_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = EmbeddingModel.load("squeezenet1_1", random_init=True, precision="fp32")  # light: plumbing only
-    embedder = object.__new__(Embedder)
-    embedder.model, embedder.dim, embedder.classes, embedder.pin_memory = model, model.dim, None, True
-    model.batch_size = 2
-    pinned: list[tuple[int, ...]] = []
+def _light_embedder(batch_size: int) -> Embedder:
+    return Embedder("squeezenet1_1", None, True, "cpu", "fp32", 1, batch_size=batch_size)  # light: plumbing only
 
-    def fake_pin(batch: torch.Tensor) -> torch.Tensor:  # the real one needs a CUDA driver
-        pinned.append(tuple(batch.shape))
-        return batch
 
-    monkeypatch.setattr(embedder_module, "pin", fake_pin)
-    images = [np.random.default_rng(i).random((32, 32), dtype=np.float32) for i in range(3)]
+def _images(n: int) -> list[np.ndarray]:
+    return [np.random.default_rng(i).random((32, 32), dtype=np.float32) for i in range(n)]
 
-    vectors, labels = embedder._vectors(images)
 
-    size = model.preprocessing.input_size
-    assert pinned == [(2, 3, size, size), (1, 3, size, size)]
-    np.testing.assert_allclose(vectors, model.embed(images), rtol=1e-4, atol=1e-4)  # same vectors as unpinned
-    assert labels == ["", "", ""]
+def _forward_inputs(model: EmbeddingModel) -> tuple[list[torch.Tensor], Any]:
+    seen: list[torch.Tensor] = []
+    hook = model.module.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    return seen, hook
+
+
+@pytest.mark.parametrize(("batch_size", "passes"), [(128, [12]), (5, [5, 5, 2])])
+def test_the_models_inner_batch_is_the_pipelines_batch_size(batch_size: int, passes: list[int]) -> None:
+    embedder = _light_embedder(batch_size)
+    seen, hook = _forward_inputs(embedder.model)
+    vectors, labels = embedder._vectors(_images(12))
+    hook.remove()
+    assert [x.shape[0] for x in seen] == passes  # was: a fixed 64 per pass, whatever --batch-size said
+    assert vectors.shape == (12, embedder.dim) and labels == [""] * 12
+
+
+def test_weights_and_batches_are_channels_last() -> None:
+    model = _light_embedder(4).model
+    seen, hook = _forward_inputs(model)
+    model.embed(_images(2))
+    hook.remove()
+    convs = [p for p in model.module.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batches_are_double_buffered_and_come_back_in_order() -> None:
+    model = _light_embedder(2).model
+    batches = [to_batch_tensor(_images(12)[i:i + 2], model.preprocessing) for i in range(0, 12, 2)]
+    pulled: list[int] = []
+
+    def feed() -> Any:
+        for i, batch in enumerate(batches):
+            pulled.append(i)
+            yield batch
+
+    results = model.embed_and_predict_batches(feed())
+    first, _ = next(results)
+    # Batch 1 was handed to the device before batch 0's results were waited for: the overlap on a GPU.
+    assert pulled == [0, 1, 2]
+    rest = [embedding for embedding, _ in results]
+    one_by_one = [model.embed_tensor(batch) for batch in batches]
+    for got, want in zip([first, *rest], one_by_one, strict=True):
+        torch.testing.assert_close(got, want)
