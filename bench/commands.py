@@ -39,6 +39,7 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         qps_seconds=args.qps_seconds, with_filter=not args.no_filter, lite_max_rows=args.lite_max_rows,
         seed=args.seed, workdir=str(out_dir / "work"), server_uri=args.server_uri,
         server_settings=parse_settings(args.server_setting), reuse=args.reuse, partitions=args.partitions,
+        faiss_cache=str(Path(args.out) / "faiss-index") if args.reuse else "",
     )
     record = {"machine": run_record.machine(), "versions": run_record.versions()}
     print(f"cbmir bench search -> {out_dir}  sizes={list(sizes)} engines={list(config.engines)} "
@@ -304,9 +305,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                         help="largest N run on Milvus Lite (its search is O(N) in Python; default %(default)s)")
     search.add_argument("--server-uri", default="", help="benchmark this Milvus server instead of starting one")
     search.add_argument("--reuse", action="store_true",
-                        help="with --server-uri: keep each size's collection (bench_<N>) and, on a later run, "
-                             "re-use it and its index when they hold the same vectors: re-time the searches of a "
-                             "10^6 run without re-inserting and re-building")
+                        help="keep each size's server collection (bench_<N>, with --server-uri) and FAISS index "
+                             "(OUT/faiss-index/) and, on a later run, re-use them when they hold the same vectors: "
+                             "re-time the searches of a 10^6 run without re-inserting and re-building")
     search.add_argument("--server-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="milvus.yaml setting of the started server, repeatable (e.g. "
                              "dataCoord.segment.maxSize=2048)")

@@ -42,8 +42,9 @@ class SearchBenchConfig:
     workdir: str = ""
     server_uri: str = ""                     # use this Milvus server instead of starting one
     server_settings: dict[str, str] = field(default_factory=dict)  # milvus.yaml keys for the started server
-    reuse: bool = False                      # server: keep the collection, re-use it when it holds these vectors
+    reuse: bool = False                      # keep the server collection and the FAISS index, re-use them
     partitions: int | None = None            # Milvus: partitions of the label partition key (None: Milvus's 16)
+    faiss_cache: str = ""                    # keep built FAISS indexes here and read them back (with --reuse)
 
 
 @dataclass
@@ -100,7 +101,8 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
                     record["skipped"].append(reason)
                     progress(reason)
                     continue
-                engine = _engine(engine_name, workdir, n, server_uri, config.reuse, config.partitions)
+                engine = _engine(engine_name, workdir, n, server_uri, config.reuse, config.partitions,
+                                 config.faiss_cache)
                 try:
                     _bench_engine(config, engine, n, base, labels, queries, query_labels, truth, truth_filtered,
                                   record, progress)
@@ -116,9 +118,9 @@ def run(config: SearchBenchConfig, server_factory: Callable[[], Any] | None = No
 
 
 def _engine(name: str, workdir: Path, n: int, server_uri: str, reuse: bool = False,
-            partitions: int | None = None) -> Any:
+            partitions: int | None = None, faiss_cache: str = "") -> Any:
     if name == "faiss":
-        return FaissEngine()
+        return FaissEngine(cache_dir=Path(faiss_cache) if faiss_cache else None)
     if name == "lite":
         return MilvusEngine("lite", str(workdir / f"lite-{n}.db"), num_partitions=partitions)
     if name == "server":

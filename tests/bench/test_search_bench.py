@@ -99,3 +99,20 @@ def test_server_breakdown_times_every_part_and_reads_the_server_stages(tmp_path:
     assert bounded["proxy_sq_latency"]["per_search"] == pytest.approx(1.0)
     assert (run_dir / "server_breakdown_600.png").read_bytes()[:4] == b"\x89PNG"
     assert "stub_search" in capsys.readouterr().out
+
+
+def test_reuse_reads_the_faiss_index_back_and_answers_alike(tmp_path: Path) -> None:
+    from cbmir.bench.search import SearchBenchConfig, run
+
+    config = SearchBenchConfig(sizes=(1500,), dim=16, engines=("faiss",), index_types=("HNSW",), queries=20,
+                               budget_s=0.2, clients=(1,), qps_seconds=0.1, with_filter=False,
+                               workdir=str(tmp_path / "w"), reuse=True, faiss_cache=str(tmp_path / "cache"))
+    first = run(config, progress=lambda line: None)
+    second = run(config, progress=lambda line: None)
+    assert not first["builds"][0]["reused"] and first["builds"][0]["index_build_s"] > 0
+    assert second["builds"][0]["reused"] and second["builds"][0]["index_build_s"] == 0
+    assert len(list((tmp_path / "cache").glob("HNSW-1500-*.faiss"))) == 1
+    assert [m["recall"] for m in second["measurements"]] == [m["recall"] for m in first["measurements"]]
+    other = run(SearchBenchConfig(**{**config.__dict__, "seed": 1}), progress=lambda line: None)
+    assert not other["builds"][0]["reused"]  # other vectors: another index, never the cached one
+    assert len(list((tmp_path / "cache").glob("HNSW-1500-*.faiss"))) == 2
