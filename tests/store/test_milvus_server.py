@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pymilvus import MilvusClient
 
-from cbmir.services.store import MilvusStore, choose_index
+from cbmir.services.store import MilvusStore, choose_index, schema
 from cbmir.services.store.milvus_server import MilvusServer
 
 
@@ -28,8 +28,7 @@ def test_partition_key_filter_finds_rows_written_with_insert(milvus_server: Milv
     identity = json.dumps({"architecture": "t", "weights_sha256": "x", "dim": dim, "preprocessing": {}})
     store.ensure_collection("pk", identity, dim, choose_index("HNSW", "COSINE"))
     rng = np.random.default_rng(0)
-    empty = {"predicted_label": "", "modality": "", "body_part": "", "view": "", "source": "", "dataset": "",
-             "model_id": "", "patient_hash": "", "study_hash": ""}
+    empty = {field: "" for field in (*schema.SCALAR_FIELDS, *schema.ERASURE_FIELDS)}  # every field the schema has
     rows = [{**empty, "id": f"r{i}", "embedding": rng.random(dim).tolist(), "label": f"c{i % 3}"} for i in range(30)]
     store.client.insert("pk", rows)
     hits = store.search("pk", np.array([rows[0]["embedding"]]), 5, {"label": "c1"})[0]
