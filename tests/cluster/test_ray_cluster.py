@@ -7,6 +7,7 @@ Ray (the `ray_local` fixture), and one process attaches to one Ray at a time.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,10 @@ from ray_cluster import LocalRayCluster
 from cbmir.services.store import MilvusStore
 
 LIMIT = 16  # 8 batches of 2 for 2 actors: small, yet every actor gets batches once the pool is up
-RUNS = 5
+# Runs in a row from one driver. Placement is a STRICT_SPREAD placement group, so one actor per node is not luck
+# that more runs would catch; 3 (plus the $RAY_ADDRESS run below) keeps ~35 s a run inside the suite's budget.
+# The acceptance run of issue 21 used 5: CBMIR_CLUSTER_RUNS=5 pytest tests/cluster/test_ray_cluster.py
+RUNS = int(os.environ.get("CBMIR_CLUSTER_RUNS", "3"))
 ROOT = Path(__file__).resolve().parents[2]
 CBMIR = str(Path(sys.executable).with_name("cbmir"))
 
@@ -65,8 +69,8 @@ def _nodes_by_role(cluster: LocalRayCluster) -> dict[str, str]:
     return {("head" if "head" in n["resources"] else "worker"): n["id"] for n in cluster.nodes}
 
 
-def test_five_runs_in_a_row_each_put_one_actor_on_each_node(cluster: LocalRayCluster, tmp_path: Path,
-                                                            breastmnist_png_archive: Path) -> None:
+def test_runs_in_a_row_each_put_one_actor_on_each_node(cluster: LocalRayCluster, tmp_path: Path,
+                                                       breastmnist_png_archive: Path) -> None:
     db = tmp_path / "cluster.db"
     started = time.perf_counter()
     driver = subprocess.run(  # noqa: S603

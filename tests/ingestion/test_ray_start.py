@@ -130,7 +130,7 @@ def test_normal_ingest_prints_no_ray_warning(breastmnist_png_archive: Path, tmp_
          "--backbone", "squeezenet1_1", "--random-init"],
         capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "ingested 40 of 40" in run.stderr
+    assert "ingested 40 of 40" in run.stdout + run.stderr  # the summary goes to stdout, logs to stderr
     noisy = [line for line in run.stderr.splitlines() if any(re.search(p, line) for p in RAY_WARNINGS)]
     assert noisy == [], "\n".join(noisy)
 
