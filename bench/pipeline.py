@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 import threading
@@ -168,6 +169,7 @@ def query_plot(record: dict[str, Any], out_dir: Path) -> Path:
 class IngestBenchConfig(BenchSource):
     actors: tuple[int, ...] = (1, 2)
     batch_sizes: tuple[int, ...] = (16, 32)
+    read_cpus: tuple[float | None, ...] = (None,)  # CPUs per read task to compare; None: the plan's own
     limit: int | None = 400
     bare_images: int = 128
     decode_images: int = 64
@@ -277,13 +279,13 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
         with GpuUtilisation(config.device) as bare_gpu:
             bare = bare_model_rate(decoded, batch_size, config.device, config.precision)
         progress(f"bare model on {config.device}, batch {batch_size}: {bare:.1f} img/s")
-        for actors in config.actors:
+        for actors, read_cpus in itertools.product(config.actors, config.read_cpus):
             uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
             with GpuUtilisation(config.device) as pipeline_gpu:
                 report = run_ingestion(config.ingest_config(
                     milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size,
                     limit=config.limit, report_path=None, progress=False, device=config.device,
-                    precision=config.precision, gpus_per_actor=config.gpus_per_actor))
+                    precision=config.precision, gpus_per_actor=config.gpus_per_actor, read_cpus=read_cpus))
             # pipeline_seconds runs from the first read to the last write: Ray start-up is out, the actors' model
             # loading is in. "steady" (after the first batch returns) over-counts when actors ran ahead.
             pipeline_rate = report.read / report.pipeline_seconds if report.pipeline_seconds else 0.0
@@ -291,6 +293,7 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
             gpu = config.device.startswith("cuda")
             limit = min(bare_decode, bare) if gpu else limit_rate(bare_decode, bare)
             run = {"actors": actors, "batch_size": batch_size, "images": report.read,
+                   "read_cpus": report.ray_plan.get("read_cpus"), "ray_plan": dict(report.ray_plan),
                    "end_to_end_img_s": report.images_per_second, "pipeline_img_s": pipeline_rate,
                    "steady_img_s": report.steady_images_per_second, "bare_model_img_s": bare,
                    "ratio_pipeline_to_bare": pipeline_rate / bare if bare else 0.0,
@@ -301,11 +304,13 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
                    "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds,
                    "device": config.device, "bare_gpu": bare_gpu.summary(), "pipeline_gpu": pipeline_gpu.summary()}
             runs.append(run)
-            progress(f"{actors} actor(s), batch {batch_size}: {pipeline_rate:.1f} img/s in the pipeline "
+            progress(f"{actors} actor(s), batch {batch_size}, read tasks {run['read_cpus']} CPU: "
+                     f"{pipeline_rate:.1f} img/s in the pipeline "
                      f"({run['ratio_pipeline_to_bare']:.2f}x bare, {run['ratio_to_limit']:.2f}x the limit "
                      f"{limit:.1f}), {report.images_per_second:.1f} end to end")
     for run in runs:
-        one = next((r for r in runs if r["actors"] == 1 and r["batch_size"] == run["batch_size"]), None)
+        one = next((r for r in runs if r["actors"] == 1 and r["batch_size"] == run["batch_size"]
+                    and r["read_cpus"] == run["read_cpus"]), None)
         run["speedup_vs_1_actor"] = (run["pipeline_img_s"] / one["pipeline_img_s"]
                                      if one and one["pipeline_img_s"] else 0.0)
     return {"config": asdict(config), "runs": runs, "bare_decode_img_s": bare_decode,
@@ -314,12 +319,14 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
 
 
 def ingest_table(record: dict[str, Any]) -> str:
-    lines = [f"{'actors':>6s} {'batch':>5s} {'images':>6s} {'pipeline img/s':>14s} {'e2e img/s':>9s} "
+    lines = [f"{'actors':>6s} {'batch':>5s} {'read CPU':>8s} {'images':>6s} {'pipeline img/s':>14s} {'e2e img/s':>9s} "
              f"{'bare model':>10s} {'bare decode':>11s} {'limit':>6s} {'to limit':>8s} {'to model':>8s} "
-             f"{'vs 1 actor':>10s}  stage seconds (summed over workers)", "-" * 140]
+             f"{'vs 1 actor':>10s}  stage seconds (summed over workers)", "-" * 150]
     for r in record["runs"]:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items())
-        lines.append(f"{r['actors']:6d} {r['batch_size']:5d} {r['images']:6d} {r['pipeline_img_s']:14.1f} "
+        read_cpus = r.get("read_cpus")
+        lines.append(f"{r['actors']:6d} {r['batch_size']:5d} {read_cpus if read_cpus is not None else '-':>8} "
+                     f"{r['images']:6d} {r['pipeline_img_s']:14.1f} "
                      f"{r['end_to_end_img_s']:9.1f} {r['bare_model_img_s']:10.1f} "
                      f"{r.get('bare_decode_img_s', 0):11.1f} "
                      f"{r.get('limit_img_s', 0):6.1f} {r.get('ratio_to_limit', 0):8.2f} "
@@ -341,11 +348,15 @@ def ingest_plot(record: dict[str, Any], out_dir: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
+    sweeps_read_cpus = len({r.get("read_cpus") for r in record["runs"]}) > 1
     for batch_size in sorted({r["batch_size"] for r in record["runs"]}):
-        runs = sorted((r for r in record["runs"] if r["batch_size"] == batch_size), key=lambda r: r["actors"])
-        line, = ax.plot([r["actors"] for r in runs], [r["pipeline_img_s"] for r in runs], marker="o",
-                        label=f"pipeline, batch {batch_size}")
-        ax.axhline(runs[0]["bare_model_img_s"], linestyle="--", color=line.get_color(),
+        of_batch = [r for r in record["runs"] if r["batch_size"] == batch_size]
+        for read_cpus in sorted({r.get("read_cpus") or 0 for r in of_batch}, reverse=True):
+            runs = sorted((r for r in of_batch if (r.get("read_cpus") or 0) == read_cpus), key=lambda r: r["actors"])
+            label = f"pipeline, batch {batch_size}" + (f", read tasks {read_cpus} CPU" if sweeps_read_cpus else "")
+            line, = ax.plot([r["actors"] for r in runs], [r["pipeline_img_s"] for r in runs], marker="o",
+                            label=label)
+        ax.axhline(of_batch[0]["bare_model_img_s"], linestyle="--", color=line.get_color(),
                    label=f"bare model, batch {batch_size}")
     ax.set(xlabel="Ray embedding actors", ylabel="images / s", title="ingestion throughput")
     ax.set_xticks(sorted({r["actors"] for r in record["runs"]}))

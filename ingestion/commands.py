@@ -17,7 +17,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         source=args.source, milvus_uri=args.milvus_uri, milvus_token=args.milvus_token, collection=args.collection,
         backbone=args.backbone, weights=args.weights, random_init=args.random_init, device=args.device,
         gpus_per_actor=args.gpus_per_actor, precision=args.precision, actors=args.actors,
-        batch_size=args.batch_size, ray_address=args.ray_address, index_type=args.index, metric=args.metric,
+        batch_size=args.batch_size, read_cpus=args.read_cpus, ray_address=args.ray_address, index_type=args.index,
+        metric=args.metric,
         dataset=args.dataset, manifest=args.manifest, image_column=args.image_column,
         label_column=args.label_column, split=args.split, limit=args.limit, report_path=args.report,
         progress=not args.no_progress, rerank_descriptor=args.rerank_descriptor, id_salt=args.id_salt,
@@ -43,6 +44,9 @@ def add_ingest_command(sub: Any) -> None:
     add_model_flags(ingest)
     ingest.add_argument("--actors", type=int, default=2, help="embedding actors (default %(default)s)")
     ingest.add_argument("--batch-size", type=int, default=32, help="images per embedding batch (default %(default)s)")
+    ingest.add_argument("--read-cpus", type=float, default=None,
+                        help="CPUs each read+decode task asks Ray for (default: a share of the CPUs left to reads, "
+                             "see docs/benchmarks.md); lower runs more decodes at once beside the actors")
     ingest.add_argument("--gpus-per-actor", type=float, default=1.0,
                         help="with --device cuda: GPUs per actor, fractions share a GPU (default %(default)s)")
     ingest.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS") or None,

@@ -28,6 +28,7 @@ class IngestConfig:
     precision: str = "auto"
     actors: int = 1
     batch_size: int = 32
+    read_cpus: float | None = None  # CPUs each read+decode task asks Ray for; None: plan_resources decides
     ray_address: str | None = None  # None: local Ray; else a cluster address ("auto", "ray://host:10001", ...)
     index_type: str = "HNSW"
     metric: str = "COSINE"
@@ -64,6 +65,8 @@ class IngestConfig:
             raise ValueError(f"actors must be >= 1, got {self.actors}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.read_cpus is not None and not 0 < self.read_cpus <= 64:
+            raise ValueError(f"read_cpus must be in (0, 64], got {self.read_cpus}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and self.gpus_per_actor <= 0:

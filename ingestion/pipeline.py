@@ -68,7 +68,7 @@ class ResourcePlan:
 
 
 def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: float,
-                   node_cpus: Sequence[float] | None = None) -> ResourcePlan:
+                   node_cpus: Sequence[float] | None = None, read_cpus: float | None = None) -> ResourcePlan:
     """Split the CPUs between read tasks and `actors` embedding actors.
 
     Actors hold their CPUs for the whole run. On 2 CPUs, a read task plus two actors at num_cpus=1 needs 3 CPUs
@@ -80,11 +80,13 @@ def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: 
     0.5-CPU actor each have 1 CPU free in all but no node with a whole one, so a read task asking for 1 CPU never
     runs. Reads then ask for at most what the smallest node keeps once it hosts its share of the actors
     (actors are spread over nodes), floored at 0.1 CPU.
+
+    `read_cpus` (`cbmir ingest --read-cpus`) replaces the per-task figure; the split of the budget stays.
     """
     read_budget = max(1.0, total_cpus / 4) if total_cpus >= 2 else total_cpus / 2
     # Half a CPU per read task: two decode at once in a budget of one, so a decode-bound archive (clinical-size
     # JPEG 2000, ~0.3 s an image) keeps both cores of a small machine decoding while the model waits on neither.
-    read_cpus = min(0.5, read_budget)
+    requested_read_cpus, read_cpus = read_cpus, min(0.5, read_budget)
     actor_cpus = max(0.01, (total_cpus - read_budget) / actors)
     if device == "cuda":
         actor_cpus = min(1.0, actor_cpus)  # a GPU actor only feeds the GPU
@@ -93,6 +95,8 @@ def plan_resources(total_cpus: float, actors: int, device: str, gpus_per_actor: 
         per_node = math.ceil(actors / len(nodes))
         left = min(nodes) - per_node * actor_cpus
         read_cpus = round(max(0.1, min(read_cpus, left)), 4)
+    if requested_read_cpus is not None:
+        read_cpus = requested_read_cpus
     # Torch threads per actor: its share of the machine, as the brief's max(1, cpus // actors).
     threads = max(1, int(total_cpus // actors))
     return ResourcePlan(total_cpus=total_cpus, read_cpus=read_cpus, actor_cpus=round(actor_cpus, 4),

@@ -43,6 +43,8 @@ class IngestReport:
     # Ray node id -> distinct embedding actors that ran there / rows they embedded (the spread over a cluster).
     actors_per_node: dict[str, int] = field(default_factory=dict)
     rows_per_node: dict[str, int] = field(default_factory=dict)
+    # What each stage asked Ray for: CPUs per read task and per actor, GPUs per actor, torch threads per actor.
+    ray_plan: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,7 +73,9 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
         config = replace(config, id_salt=resolve_id_salt(config.id_salt, stored_digest, config.collection))
         with ray_session(config.ray_address):
             plan = plan_resources(cluster_cpus(), config.actors, config.device, config.gpus_per_actor,
-                                  node_cpus=node_cpus())
+                                  node_cpus=node_cpus(), read_cpus=config.read_cpus)
+            report.ray_plan = {"read_cpus": plan.read_cpus, "actor_cpus": plan.actor_cpus,
+                               "actor_gpus": plan.actor_gpus, "torch_threads": plan.torch_threads}
             model = probe_model(config, plan)
             report.model_id = model.model_id
             index = choose_index(config.index_type, config.metric, expected_rows=scan.count)

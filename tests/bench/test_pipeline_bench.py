@@ -67,11 +67,14 @@ def test_ingest_bench_reads_a_manifest_with_other_column_names(ray_local, patien
     # A MIAS-like manifest: image,patient_id,tissue (no `label` column), read with ingest's own flags.
     archive = patient_archive_writer(tmp_path / "mias-like", lambda i, labels: ["fatty", "dense"][i % 2], count=12)
     config = IngestBenchConfig(source=str(archive), split=None, actors=(1,), batch_sizes=(4,), limit=12,
-                               bare_images=8, decode_images=4, label_column="tissue")
+                               bare_images=8, decode_images=4, label_column="tissue", read_cpus=(0.25,))
     record = run_ingest_bench(config, progress=lambda _: None)
     (run,) = record["runs"]
     assert run["images"] == 12 and run["bare_model_img_s"] > 0
     assert record["config"]["label_column"] == "tissue"
+    # the read tasks asked Ray for what was given, and the run says so
+    assert run["read_cpus"] == run["ray_plan"]["read_cpus"] == 0.25 and run["ray_plan"]["actor_cpus"] > 0
+    assert " 0.25 " in ingest_table(record)
 
 
 def test_gpu_utilisation_without_a_gpu_records_nothing_and_says_so() -> None:

@@ -27,3 +27,18 @@ def test_cuda_actors_reserve_their_gpu_share() -> None:
 
     assert plan.actor_gpus == 0.5
     assert plan.actor_cpus <= 1
+
+
+def test_read_cpus_given_replace_the_per_task_figure_and_nothing_else() -> None:
+    planned = plan_resources(2, 1, "cpu", 1.0)
+    given = plan_resources(2, 1, "cpu", 1.0, read_cpus=0.25)
+
+    assert given.read_cpus == 0.25 != planned.read_cpus
+    assert (given.actor_cpus, given.torch_threads) == (planned.actor_cpus, planned.torch_threads)
+
+
+def test_read_cpus_out_of_range_is_refused() -> None:
+    from cbmir.ingestion import IngestConfig
+
+    with pytest.raises(ValueError, match="read_cpus"):
+        IngestConfig(source="x", read_cpus=0)
