@@ -34,8 +34,11 @@ GRACEFUL_STOP_SECONDS = 3
 # Segment sizing for collections of millions of 1024-d rows (4 KB each): a search visits every segment of the
 # partitions it touches, one HNSW graph each, so fewer, larger segments answer faster (docs/benchmarks.md "Where a
 # server query spends its time"). The template's 512 MB with sealProportion 0.23 seals a growing segment at
-# ~118 MB (~29k rows); 2048 MB sealed at full size makes ~500k-row segments. Any --set of the same key wins.
-SEGMENT_SETTINGS = {"dataCoord.segment.maxSize": "2048", "dataCoord.segment.sealProportion": "1"}
+# ~118 MB (~29k rows); 2048 MB sealed at full size makes ~500k-row segments. A growing segment is also sealed at
+# maxBinlogFileNumber binlog files (32 in the template), one per 16 MB insert-buffer flush: 32 x 16 MB capped the
+# 10^6 run's segments at ~130k rows whatever maxSize said; 128 files let them reach maxSize. Any --set wins.
+SEGMENT_SETTINGS = {"dataCoord.segment.maxSize": "2048", "dataCoord.segment.sealProportion": "1",
+                    "dataCoord.segment.maxBinlogFileNumber": "128"}
 # Erasure (cbmir erase, docs/pacs.md "Erasure"): a compaction leaves the old segment files (which still hold the
 # erased rows) for the garbage collector, which by default runs hourly and keeps files of dropped segments 3 h more;
 # the inserts stay in rocksmq for 3 days. Here: GC every minute, dropped files gone a minute later, the insert log

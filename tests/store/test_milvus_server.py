@@ -54,7 +54,10 @@ def test_milvus_settings_reach_the_server_config_and_unknown_keys_are_refused(tm
     with pytest.raises(MilvusServerError, match="not applied"):
         MilvusServer(data_dir=tmp_path / "bad", settings=parse_settings(["dataCoord.segment.noSuchKey=1"])).start()
     with MilvusServer(data_dir=tmp_path / "good", settings={"dataCoord.segment.maxSize": "1024"}) as server:
-        assert "maxSize: 1024" in (tmp_path / "good" / "configs" / "milvus.yaml").read_text()
+        config = (tmp_path / "good" / "configs" / "milvus.yaml").read_text()
+        assert "maxSize: 1024" in config
+        # the defaults stay under a --set of another key: segments sealed at maxSize, not at 32 binlog files
+        assert "maxBinlogFileNumber: 128" in config and "sealProportion: 1\n" in config
         client = MilvusClient(uri=server.uri)
         assert isinstance(client.list_collections(), list)
         client.close()
