@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from cbmir.bench.cpu_accounting import ProcessCpu
 from cbmir.bench.metrics import throughput
 
 SHARED_BRAIN_MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-mri"
@@ -281,7 +282,7 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
         progress(f"bare model on {config.device}, batch {batch_size}: {bare:.1f} img/s")
         for actors, read_cpus in itertools.product(config.actors, config.read_cpus):
             uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
-            with GpuUtilisation(config.device) as pipeline_gpu:
+            with GpuUtilisation(config.device) as pipeline_gpu, ProcessCpu() as pipeline_cpu:
                 report = run_ingestion(config.ingest_config(
                     milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size,
                     limit=config.limit, report_path=None, progress=False, device=config.device,
@@ -302,7 +303,8 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
                                   "decode and model share the cores: 1 / (1/bare_decode + 1/bare_model)",
                    "ratio_to_limit": pipeline_rate / limit if limit else 0.0,
                    "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds,
-                   "device": config.device, "bare_gpu": bare_gpu.summary(), "pipeline_gpu": pipeline_gpu.summary()}
+                   "device": config.device, "bare_gpu": bare_gpu.summary(), "pipeline_gpu": pipeline_gpu.summary(),
+                   **pipeline_cpu.summary(report.read)}
             runs.append(run)
             progress(f"{actors} actor(s), batch {batch_size}, read tasks {run['read_cpus']} CPU: "
                      f"{pipeline_rate:.1f} img/s in the pipeline "
@@ -331,6 +333,10 @@ def ingest_table(record: dict[str, Any]) -> str:
                      f"{r.get('bare_decode_img_s', 0):11.1f} "
                      f"{r.get('limit_img_s', 0):6.1f} {r.get('ratio_to_limit', 0):8.2f} "
                      f"{r['ratio_pipeline_to_bare']:8.2f} {r['speedup_vs_1_actor']:10.2f}  {stages}")
+        if r.get("cpu_ms_per_image"):
+            per_image = ", ".join(f"{role} {ms}" for role, ms in r["cpu_ms_per_image"].items())
+            lines.append(f"{'':6s} CPU ms per image (start-up included): {per_image}; cores busy "
+                         f"{100 * r['cpu_busy_fraction']:.0f}% of {r['cpu_wall_seconds']:.0f} s")
         if r.get("device", "cpu") != "cpu":
             bare_gpu, pipe_gpu = r["bare_gpu"], r["pipeline_gpu"]
             lines.append(f"{'':6s} GPU utilisation %: bare model mean {bare_gpu['gpu_util_mean']} max "

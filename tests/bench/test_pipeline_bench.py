@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from cbmir.bench.cpu_accounting import ProcessCpu, role_of
 from cbmir.bench.pipeline import (
     GpuUtilisation,
     IngestBenchConfig,
@@ -60,6 +63,9 @@ def test_ingest_bench_puts_the_pipeline_beside_the_limit_of_decode_plus_model(ra
     assert run["ratio_to_limit"] == pytest.approx(run["pipeline_img_s"] / run["limit_img_s"])
     table = ingest_table(record)
     assert "bare decode" in table and "to limit" in table and ingest_plot(record, tmp_path).exists()
+    # Where the CPU went: the embedding actor is a process of its own for the whole run, the driver wrote the rows.
+    assert run["cpu_seconds"]["embed"] > 0 and run["cpu_seconds"]["driver"] > 0
+    assert "CPU ms per image" in table
 
 
 def test_ingest_bench_reads_a_manifest_with_other_column_names(ray_local, patient_archive_writer,
@@ -90,3 +96,24 @@ def test_bench_ingest_takes_the_gpu_flags() -> None:
     args = build_parser().parse_args(["bench", "ingest", "--device", "cuda", "--gpus-per-actor", "0.5",
                                       "--batch-sizes", "128"])
     assert (args.device, args.precision, args.gpus_per_actor, args.batch_sizes) == ("cuda", "auto", 0.5, "128")
+
+
+def test_cpu_roles_follow_ray_worker_titles() -> None:
+    assert role_of("ray::MapBatches(_read_task)") == "read"
+    assert role_of("ray::MapWorker(MapBatches(RayEmbedder))") == "embed"
+    assert role_of("ray::describe_model") == "setup"
+    assert role_of("ray::IDLE", previous="read") == "read"  # between two read tasks
+    assert role_of("", previous="embed") == "embed"  # exiting
+    assert role_of("/venv/bin/raylet --node-id=…") == "ray"
+
+
+def test_process_cpu_counts_children_born_during_the_run_and_the_driver() -> None:
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(0.6)"
+    with ProcessCpu(interval_s=0.1) as sampler:
+        subprocess.run([sys.executable, "-c", burn], check=True)
+        sum(range(3_000_000))
+    summary = sampler.summary(images=10)
+
+    assert summary["cpu_seconds"]["ray"] >= 0.5  # the child's 0.6 s, titled like no Ray worker
+    assert summary["cpu_seconds"]["driver"] > 0
+    assert summary["cpu_ms_per_image"]["ray"] == pytest.approx(100 * summary["cpu_seconds"]["ray"], abs=0.6)
