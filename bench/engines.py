@@ -33,9 +33,10 @@ def index_config(index_type: str, n: int) -> IndexConfig:
 
 
 def sweep(config: IndexConfig) -> list[dict[str, int]]:
-    """Search parameters to try: the default and a few either side (ef for HNSW, nprobe for IVF)."""
+    """Search parameters to try: the default and a few either side (ef for HNSW, nprobe for IVF). ef 96: at 10^6
+    recall@10 0.95 falls between 64 and 128, and the smallest ef that reaches it is what the latency target asks."""
     if config.index_type == "HNSW":
-        return [{"ef": ef} for ef in (16, 32, 64, 128, 256)]
+        return [{"ef": ef} for ef in (16, 32, 64, 96, 128, 256)]
     if config.index_type.startswith("IVF"):
         nlist = int(config.build_params["nlist"])
         probes = sorted({max(1, nlist // d) for d in (64, 32, 16, 8, 4)})

@@ -25,7 +25,7 @@ def test_bench_search_writes_json_plots_and_table(tmp_path: Path, capsys: pytest
         assert 0.9 <= m["recall"] <= 1.0          # HNSW on 2000 vectors is near exact
         assert m["latency"]["p50_ms"] <= m["latency"]["p99_ms"]
     swept = [m["search_params"]["ef"] for m in record["measurements"] if m["engine"] == "faiss" and not m["filtered"]]
-    assert swept == [16, 32, 64, 128, 256]
+    assert swept == [16, 32, 64, 96, 128, 256]
     assert any(m["filtered"] for m in record["measurements"])
     assert [q["clients"] for m in record["measurements"] for q in m["qps"] if m["engine"] == "lite"] == [1, 4]
     for png in ("latency_vs_n.png", "recall_vs_qps.png"):
@@ -36,7 +36,7 @@ def test_bench_search_writes_json_plots_and_table(tmp_path: Path, capsys: pytest
     out = capsys.readouterr().out
     assert "recall@10" in out and "lite" in out and "faiss" in out
     sweep_lines = [line for line in out.splitlines() if line.startswith("faiss") and "ef=" in line]
-    assert {line.split()[3] for line in sweep_lines} >= {f"ef={ef}" for ef in (16, 32, 64, 128, 256)}
+    assert {line.split()[3] for line in sweep_lines} >= {f"ef={ef}" for ef in (16, 32, 64, 96, 128, 256)}
 
 
 def test_bench_sizes_above_the_lite_cap_skip_lite_and_say_so(tmp_path: Path) -> None:
