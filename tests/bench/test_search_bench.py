@@ -116,3 +116,20 @@ def test_reuse_reads_the_faiss_index_back_and_answers_alike(tmp_path: Path) -> N
     other = run(SearchBenchConfig(**{**config.__dict__, "seed": 1}), progress=lambda line: None)
     assert not other["builds"][0]["reused"]  # other vectors: another index, never the cached one
     assert len(list((tmp_path / "cache").glob("HNSW-1500-*.faiss"))) == 2
+
+
+def test_faiss_index_size_is_its_serialised_size_with_or_without_a_cache(tmp_path: Path) -> None:
+    import faiss
+    import numpy as np
+
+    from cbmir.bench.engines import FaissEngine, index_config
+
+    vectors = np.random.default_rng(0).standard_normal((600, 16)).astype(np.float32)
+    labels = np.zeros(600, dtype=np.int64)
+    for cache_dir in (None, tmp_path / "cache"):
+        engine = FaissEngine(cache_dir=cache_dir)
+        engine.load(vectors, labels)
+        engine.build(index_config("HNSW", len(vectors)))
+        assert engine.memory_bytes() == len(faiss.serialize_index(engine.index)) > 600 * 16 * 4
+    engine.drop_index()
+    assert engine.memory_bytes() == 0
