@@ -542,6 +542,28 @@ def actors_spread_over_nodes(plan: ResourcePlan, actors: int,
             return
         log.info("placement: %d actors over %d nodes, up to %d per node (placement group, STRICT_SPREAD)",
                  actors, bundles, per_node)
-        yield {"scheduling_strategy": PlacementGroupSchedulingStrategy(group)}
+        with batches_to_the_least_busy_actor():
+            yield {"scheduling_strategy": PlacementGroupSchedulingStrategy(group)}
     finally:
         remove_placement_group(group)
+
+
+@contextlib.contextmanager
+def batches_to_the_least_busy_actor() -> Iterator[None]:
+    """Ray Data's actor locality off while the block is open: each batch goes to the least busy actor.
+
+    With locality on, a batch goes to an actor on the node that holds its block whenever that actor has room,
+    and the read tasks' blocks mostly sit on the head node: on a loaded two-node cluster all 8 batches went to the
+    head's actor and the worker's idled (issue 21). A read block is 224² uint8 pixels, so moving it costs less
+    than an idle node. Ray 2.60 deprecates the switch ("Ray Data manages actor locality internally") but still
+    honours it; the warning is silenced here and tests/ingestion/test_cluster_address.py pins that it still
+    exists."""
+    options = ray.data.DataContext.get_current().execution_options
+    before = options.actor_locality_enabled
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*actor_locality_enabled.*", category=RayDeprecationWarning)
+        options.actor_locality_enabled = False
+        try:
+            yield
+        finally:
+            options.actor_locality_enabled = before
