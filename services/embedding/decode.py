@@ -204,7 +204,8 @@ def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: 
     With `min_size` > 0 the image comes out no smaller than min_size on either side (or at its own size when it
     is smaller): JPEG is decoded at a reduced DCT scale (Pillow `draft`, libjpeg's own scaling), other Pillow
     formats are box-reduced by a whole factor right after decoding. A single grey DICOM frame in JPEG baseline or
-    JPEG 2000 decodes at reduced size from its encapsulated frame (Pillow); other DICOM at full size.
+    JPEG 2000 decodes at reduced size from its encapsulated frame (Pillow); other grey DICOM frames decode at full
+    size and are box-reduced before their LUTs.
     The content key never depends on either: it is the file's SHA-256, or the DICOM SOP Instance UID.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -460,6 +461,28 @@ def _reduced_frame(ds: Any, min_size: int) -> np.ndarray | None:
     return raw.astype(np.uint16) if raw.dtype.kind in "iu" and raw.max(initial=0) < 65536 else None
 
 
+def _box_reduced_grey(raw: np.ndarray, photometric: str, min_size: int) -> np.ndarray:
+    """A fully decoded grey frame box-reduced by the largest whole factor that keeps both sides >= min_size, in
+    its own integer dtype; anything else as it is.
+
+    Uncompressed and JPEG-LS frames cannot be decoded smaller, but the Modality LUT, the VOI LUT and the scaling
+    to [0, 1] then ran in float64 over every full-size pixel (half of the read tasks' time on the speed corpus):
+    reduced first, they run on 1/f^2 of them, as on the reduced JPEG / JPEG 2000 frames. The averages are
+    rounded to whole stored values, so a Modality LUT table still indexes them."""
+    factor = min(raw.shape[:2]) // min_size if raw.ndim == 2 else 0
+    if (factor < 2 or raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2
+            or photometric not in ("MONOCHROME1", "MONOCHROME2")):
+        return raw
+    # Rows first, then columns, summed in int32 while factor^2 16-bit values fit in it (int64 beyond): no
+    # full-size copy is made (a Pillow "I" image of a 3328x4096 frame cost 5x more, most of it allocating 54 MB).
+    # The last partial block of each side is dropped: under a factor of the pixels.
+    height, width = raw.shape[0] // factor, raw.shape[1] // factor
+    total = np.int32 if factor * factor * 65536 < 2**31 else np.int64
+    rows = raw[:height * factor].reshape(height, factor, raw.shape[1]).sum(axis=1, dtype=total)
+    blocks = rows[:, :width * factor].reshape(height, width, factor).sum(axis=2)
+    return ((blocks + factor * factor // 2) // (factor * factor)).astype(raw.dtype)
+
+
 def _dicom_pixels(ds: Any, min_size: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """-> (float pixels in [0, 1], raw stored pixels of the chosen frame, photometric interpretation)."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
@@ -470,6 +493,8 @@ def _dicom_pixels(ds: Any, min_size: int = 0) -> tuple[np.ndarray, np.ndarray, s
     # YBR_FULL/YBR_FULL_422 become RGB in pixel_array; JPEG-compressed YBR is converted by the decoder.
     raw = reduced if reduced is not None else pixel_array(ds, index=index)
     photometric = _dicom_str(ds, "PhotometricInterpretation").upper()
+    if reduced is None and min_size:
+        raw = _box_reduced_grey(raw, photometric, min_size)
     if raw.ndim == 3 and raw.shape[-1] not in (3, 4) and n_frames == 1:
         raise ImageDecodeError(f"unexpected DICOM pixel array shape {raw.shape}")
 

@@ -1,5 +1,6 @@
-"""Encapsulated DICOM (JPEG baseline, JPEG 2000) decodes at reduced size straight from its frame, and lands on the
-same model input as the full decode: real CT pixels, upscaled to a radiograph's size."""
+"""Encapsulated DICOM (JPEG baseline, JPEG 2000) decodes at reduced size straight from its frame, other grey frames
+(uncompressed, JPEG-LS) are box-reduced before their LUTs, and all land on the same model input as the full decode:
+real CT pixels, upscaled to a radiograph's size."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
 from cbmir.services.embedding import EmbeddingModel
-from cbmir.services.embedding.decode import _reduced_frame, decode_native
+from cbmir.services.embedding.decode import _box_reduced_grey, _reduced_frame, decode_native
 from cbmir.services.embedding.preprocess import decode_resized, presize
 
 SIZE = 224
@@ -48,7 +49,12 @@ def _as_dicom(ds: pydicom.Dataset, syntax: str, pixels: np.ndarray, photometric:
     else:
         grey12 = np.clip((pixels - pixels.min()) / np.ptp(pixels) * 4095, 0, 4095).astype(np.uint16)
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.compress(syntax, grey12, encoding_plugin="pylibjpeg")
+        if syntax == ExplicitVRLittleEndian:
+            ds.PixelData = grey12.tobytes()
+            ds["PixelData"].VR = "OW"
+            ds.file_meta.TransferSyntaxUID = syntax
+        else:
+            ds.compress(syntax, grey12, encoding_plugin="pylibjpeg")
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
@@ -58,12 +64,15 @@ def _as_dicom(ds: pydicom.Dataset, syntax: str, pixels: np.ndarray, photometric:
 def encoded() -> dict[str, bytes]:
     ds, big = _ct_upscaled()
     return {f"{name}-{photometric}": _as_dicom(ds, syntax, big, photometric)
-            for name, syntax in (("jpeg", JPEGBaseline8Bit), ("j2k", JPEG2000Lossless))
+            for name, syntax in (("jpeg", JPEGBaseline8Bit), ("j2k", JPEG2000Lossless),
+                                 ("uncompressed", ExplicitVRLittleEndian))
             for photometric in ("MONOCHROME2", "MONOCHROME1")}
 
 
 def test_the_reduced_path_is_taken_and_decodes_at_least_the_asked_size(encoded) -> None:
     for name, data in encoded.items():
+        if name.startswith("uncompressed"):
+            continue  # nothing to decode smaller: box-reduced after the decode instead (below)
         ds = pydicom.dcmread(io.BytesIO(data))
         frame = _reduced_frame(ds, 2 * SIZE)
         assert frame is not None, name
@@ -88,3 +97,27 @@ def test_monochrome1_is_inverted_on_the_reduced_path_too(encoded) -> None:
     one = decode_resized(encoded["j2k-MONOCHROME1"], SIZE).pixels.astype(np.float32)
     scale = float(two.max())
     assert np.corrcoef(two.ravel(), (scale - one).ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8])
+def test_a_full_grey_frame_is_box_reduced_in_its_own_dtype_before_the_luts(dtype) -> None:
+    info = np.iinfo(dtype)
+    raw = np.random.default_rng(3).integers(info.min, info.max, (1000, 700), endpoint=True).astype(dtype)
+
+    small = _box_reduced_grey(raw, "MONOCHROME2", 224)  # factor 3: 333 x 233 whole blocks
+
+    assert small.dtype == dtype and small.shape == (333, 233)
+    reference = raw[:999, :699].astype(np.float64).reshape(333, 3, 233, 3).mean(axis=(1, 3))
+    assert np.abs(small - reference).max() <= 0.5 + 1e-9  # the block means, rounded to stored values
+    # Nothing to gain or not a stored grey frame: unchanged.
+    assert _box_reduced_grey(raw, "MONOCHROME2", 400) is raw
+    assert _box_reduced_grey(raw.astype(np.float32), "MONOCHROME2", 224).shape == raw.shape
+    assert _box_reduced_grey(raw, "RGB", 224) is raw
+
+
+def test_the_uncompressed_frame_reaches_the_luts_reduced(encoded) -> None:
+    whole = decode_native(encoded["uncompressed-MONOCHROME2"])
+    reduced = decode_native(encoded["uncompressed-MONOCHROME2"], min_size=2 * SIZE)
+    assert whole.pixels.shape == (SIDE, SIDE)
+    assert reduced.pixels.shape == (SIDE // 3, SIDE // 3)  # 1536 // 448 = 3
+    assert reduced.content_key == whole.content_key
