@@ -41,7 +41,7 @@ from cbmir.ingestion.dicomweb import fetch_instance, is_dicomweb_source, split_i
 from cbmir.ingestion.sources import SourceError
 from cbmir.ingestion.wire import pack
 from cbmir.services.embedding import DecodedImage, ImageDecodeError, decode_array, image_id, subject_hash
-from cbmir.services.embedding.decode import dicom_content_key, file_content_key
+from cbmir.services.embedding.decode import FILE_KEY_PREFIX, dicom_content_key, stored_content_key
 from cbmir.services.embedding.preprocess import decode_resized, presize
 from cbmir.services.embedding.thumbnail import thumbnail_jpeg
 
@@ -100,13 +100,15 @@ def read_item(item: dict[str, Any], existing_ids: np.ndarray | None, id_salt: st
         else:
             with open(item[URI], "rb") as handle:
                 data = handle.read()
-            # A file's id is the hash of its bytes (DICOM: of its SOP Instance UID), so a rerun skips a stored
-            # PNG/JPEG before decoding it; only an id stored from these very bytes can match.
-            file_id = image_id(file_content_key(data), salt=id_salt)
-            if existing_ids is not None and _contains(existing_ids, file_id):
-                row[ID], row[STATUS] = file_id, STATUS_PRESENT
+            # A file's id is the hash of its bytes, a DICOM file's that of its SOP Instance UID (read from the
+            # header alone): a rerun skips a stored image before decoding it, and the bytes are hashed once.
+            key = stored_content_key(data)
+            known_id = image_id(key, salt=id_salt)
+            if existing_ids is not None and _contains(existing_ids, known_id):
+                row[ID], row[STATUS] = known_id, STATUS_PRESENT
                 return row
-            decoded = decode_resized(data, input_size, thumbnail=True)
+            decoded = decode_resized(data, input_size, thumbnail=True,
+                                     file_key=key if key.startswith(FILE_KEY_PREFIX) else "")
     except FileNotFoundError:
         row[REASON] = "file not found"
         return row

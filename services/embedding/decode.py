@@ -96,9 +96,12 @@ def _metadata(**values: str) -> dict[str, str]:
     return md
 
 
+FILE_KEY_PREFIX = "sha256:"
+
+
 def file_content_key(data: bytes) -> str:
     """`sha256:<hex>` of the file bytes: the same whichever decoder, decoder version or downscale reads them."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return FILE_KEY_PREFIX + hashlib.sha256(data).hexdigest()
 
 
 def dicom_content_key(sop_instance_uid: str) -> str:
@@ -198,7 +201,27 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedI
                         metadata=decoded.metadata, patient_id=decoded.patient_id, study_uid=decoded.study_uid)
 
 
-def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: int = 0) -> DecodedImage:
+def stored_content_key(data: bytes) -> str:
+    """The content key `decode_native` gives these bytes, found without decoding a pixel: a DICOM file's SOP
+    Instance UID read from its header (stopping before the pixel data), else the SHA-256 of the bytes.
+
+    Ingestion looks the key's id up before decoding, so a rerun skips a stored image, DICOM included, for the
+    price of a header parse or a hash. A header that cannot be read gives the bytes' key; the decode then says
+    what is wrong with the file."""
+    if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+        import pydicom
+
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged header is the decode's to report, once
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            sop_uid = _dicom_str(header, "SOPInstanceUID")
+            if sop_uid:
+                return dicom_content_key(sop_uid)
+    return file_content_key(data)
+
+
+def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: int = 0,
+                  file_key: str = "") -> DecodedImage:
     """As `decode_image`, but 8-bit images stay uint8 and, with `min_size`, the decoder may downscale.
 
     With `min_size` > 0 the image comes out no smaller than min_size on either side (or at its own size when it
@@ -207,6 +230,7 @@ def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: 
     JPEG 2000 decodes at reduced size from its encapsulated frame (Pillow); other grey DICOM frames decode at full
     size and are box-reduced before their LUTs.
     The content key never depends on either: it is the file's SHA-256, or the DICOM SOP Instance UID.
+    `file_key`: `file_content_key(data)` when the caller has it already (the bytes are then not hashed again).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageDecodeError(f"expected bytes, got {type(data).__name__}")
@@ -214,14 +238,14 @@ def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: 
     if not data:
         raise ImageDecodeError("empty input (0 bytes)")
     if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
-        return _decode_dicom(data, max_pixels, force=False, min_size=min_size)
+        return _decode_dicom(data, max_pixels, force=False, min_size=min_size, file_key=file_key)
     try:
-        return _decode_pillow(data, max_pixels, min_size)
+        return _decode_pillow(data, max_pixels, min_size, file_key=file_key)
     except _NotPillowFormat:
         pass
     # No preamble/meta: older DICOM files start straight with the dataset. Only accept the forced parse when
     # it yields a real image dataset, because `force=True` "parses" almost any bytes into garbage elements.
-    return _decode_dicom(data, max_pixels, force=True)
+    return _decode_dicom(data, max_pixels, force=True, file_key=file_key)
 
 
 def _unit(pixels: np.ndarray) -> np.ndarray:
@@ -243,7 +267,7 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
                                "(decompression bomb guard)")
 
 
-def _decode_pillow(data: bytes, max_pixels: int, min_size: int = 0) -> DecodedImage:
+def _decode_pillow(data: bytes, max_pixels: int, min_size: int = 0, *, file_key: str = "") -> DecodedImage:
     try:
         with warnings.catch_warnings():
             # Pillow warns between its limit and twice it; our own max_pixels check is the one that decides.
@@ -281,7 +305,7 @@ def _decode_pillow(data: bytes, max_pixels: int, min_size: int = 0) -> DecodedIm
 
     return DecodedImage(
         pixels=pixels if pixels.dtype == np.uint8 else _finish(pixels),
-        content_key=file_content_key(data),
+        content_key=file_key or file_content_key(data),
         metadata=_metadata(format=fmt, photometric=photometric, bits=bits),
     )
 
@@ -334,7 +358,8 @@ def _dicom_str(ds: Any, keyword: str) -> str:
         return ""
 
 
-def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 0) -> DecodedImage:
+def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 0,
+                  file_key: str = "") -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -386,7 +411,7 @@ def _decode_dicom(data: bytes, max_pixels: int, *, force: bool, min_size: int = 
 
     sop_uid = _dicom_str(ds, "SOPInstanceUID")
     # The SOP Instance UID names the image whatever its transfer syntax; without one, the file's bytes do.
-    content_key = dicom_content_key(sop_uid) if sop_uid else file_content_key(data)
+    content_key = dicom_content_key(sop_uid) if sop_uid else (file_key or file_content_key(data))
     return DecodedImage(
         pixels=_finish(pixels),
         content_key=content_key,

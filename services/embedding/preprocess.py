@@ -136,15 +136,16 @@ def presize(image: np.ndarray, size: int, bits: str = "") -> np.ndarray:
 
 
 def decode_resized(data: bytes, size: int, *, max_pixels: int = MAX_IMAGE_PIXELS,
-                   thumbnail: bool = False) -> DecodedImage:
+                   thumbnail: bool = False, file_key: str = "") -> DecodedImage:
     """Bytes -> DecodedImage whose pixels are already size x size, compact (`presize`).
 
     The fast path of ingestion and the query service: JPEG decodes at the smallest DCT scale that is still
     >= 2 x size on each side (so the final resize still antialiases), other formats are box-reduced to that,
     and no full-size float copy of an 8-bit image is made. The content key is the one `decode_image` gives.
     `thumbnail`: also a small JPEG (services/embedding/thumbnail.py), from the reduced pixels, aspect kept.
+    `file_key`: `file_content_key(data)` if the caller has hashed the bytes already.
     """
-    decoded = decode_native(data, max_pixels=max_pixels, min_size=2 * size)
+    decoded = decode_native(data, max_pixels=max_pixels, min_size=2 * size, file_key=file_key)
     pixels = presize(decoded.pixels, size, decoded.metadata.get("bits", ""))
     small = thumbnail_jpeg(decoded.pixels) if thumbnail else b""
     return DecodedImage(pixels=pixels, content_key=decoded.content_key, metadata=decoded.metadata, thumbnail=small,

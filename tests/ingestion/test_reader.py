@@ -75,3 +75,46 @@ def test_a_stored_pacs_instance_is_skipped_without_fetching_and_an_unreachable_o
     out = read_batch(_batch([stored, missing]), existing, id_salt="salt", input_size=32).to_pylist()
     assert out[0]["status"] == "present" and out[0]["id"] == image_id(dicom_content_key("1.2.3.4.5"), salt="salt")
     assert out[1]["status"] == "failed" and "not reachable" in out[1]["reason"]
+
+
+def test_a_rerun_skips_stored_dicom_and_png_files_without_decoding_them(tmp_path: Path, breastmnist_png_archive: Path,
+                                                                        monkeypatch) -> None:
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    import cbmir.ingestion.reader as reader
+    from cbmir.services.embedding.decode import decode_native, stored_content_key
+
+    files = [Path(shutil.copy(get_testdata_file(name), tmp_path / name)) for name in ("CT_small.dcm", "MR_small.dcm")]
+    files.append(sorted((breastmnist_png_archive / "images").glob("*.png"))[0])
+    # The key read without decoding is the key the decode gives: the header's SOP Instance UID, or the bytes' hash.
+    for path in files:
+        assert stored_content_key(path.read_bytes()) == decode_native(path.read_bytes()).content_key
+    assert stored_content_key(files[0].read_bytes()).startswith("dicom:")
+    items = [SourceItem(uri=str(p), name=p.name) for p in files]
+    first = read_batch(_batch(items), input_size=SIZE).to_pylist()
+    assert [row[STATUS] for row in first] == [STATUS_OK] * 3
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("a stored image was decoded again")
+
+    monkeypatch.setattr(reader, "decode_resized", no_decode)
+    again = read_batch(_batch(items), sorted_id_array({row[schema.ID] for row in first}),
+                       input_size=SIZE).to_pylist()
+
+    assert [row[STATUS] for row in again] == [STATUS_PRESENT] * 3
+    assert [row[schema.ID] for row in again] == [row[schema.ID] for row in first]
+
+
+def test_a_dicom_header_that_cannot_be_read_keys_the_bytes_and_the_decode_says_why(tmp_path: Path) -> None:
+    from cbmir.services.embedding.decode import file_content_key, stored_content_key
+
+    broken = b"\0" * 128 + b"DICM" + b"\xff" * 40
+    assert stored_content_key(broken) == file_content_key(broken)
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(broken)
+
+    out = read_batch(_batch([SourceItem(uri=str(path), name=path.name)]), input_size=SIZE).to_pylist()
+
+    assert out[0][STATUS] == STATUS_FAILED and "DICOM" in out[0][REASON]
