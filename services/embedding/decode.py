@@ -201,6 +201,10 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> DecodedI
                         metadata=decoded.metadata, patient_id=decoded.patient_id, study_uid=decoded.study_uid)
 
 
+def _has_dicom_preamble(data: bytes) -> bool:
+    return data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
 def stored_content_key(data: bytes) -> str:
     """The content key `decode_native` gives these bytes, found without decoding a pixel: a DICOM file's SOP
     Instance UID read from its header (stopping before the pixel data), else the SHA-256 of the bytes.
@@ -208,7 +212,7 @@ def stored_content_key(data: bytes) -> str:
     Ingestion looks the key's id up before decoding, so a rerun skips a stored image, DICOM included, for the
     price of a header parse or a hash. A header that cannot be read gives the bytes' key; the decode then says
     what is wrong with the file."""
-    if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if _has_dicom_preamble(data):
         import pydicom
 
         with contextlib.suppress(Exception), warnings.catch_warnings():
@@ -237,7 +241,7 @@ def decode_native(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, min_size: 
     data = bytes(data)
     if not data:
         raise ImageDecodeError("empty input (0 bytes)")
-    if data[_DICOM_MAGIC_OFFSET:_DICOM_MAGIC_OFFSET + 4] == b"DICM":
+    if _has_dicom_preamble(data):
         return _decode_dicom(data, max_pixels, force=False, min_size=min_size, file_key=file_key)
     try:
         return _decode_pillow(data, max_pixels, min_size, file_key=file_key)
