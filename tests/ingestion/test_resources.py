@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cbmir.ingestion.pipeline import plan_resources
+from cbmir.ingestion.pipeline import RESERVATION_ENV, plan_resources, ray_session
 
 
 @pytest.mark.parametrize(("cpus", "actors"), [(1, 1), (2, 1), (2, 2), (2, 4), (8, 3), (64, 4)])
@@ -42,3 +42,27 @@ def test_read_cpus_out_of_range_is_refused() -> None:
 
     with pytest.raises(ValueError, match="read_cpus"):
         IngestConfig(source="x", read_cpus=0)
+
+
+def test_ray_data_runs_without_per_operator_reservations(ray_local: None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.data
+    from ray.data._internal.execution import create_resource_allocator
+
+    monkeypatch.delenv(RESERVATION_ENV, raising=False)
+    context = ray.data.DataContext.get_current()
+    monkeypatch.setattr(context, "op_resource_reservation_enabled", True)
+    with ray_session():
+        # No allocator: Ray Data's executor then admits read tasks by free CPUs and object-store backpressure only.
+        assert create_resource_allocator(None, context) is None
+        assert ray.data.range(64).map_batches(lambda b: b, batch_size=16).count() == 64
+
+
+def test_ray_s_own_reservation_switch_set_by_the_user_wins(ray_local: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.data
+
+    monkeypatch.setenv(RESERVATION_ENV, "1")
+    context = ray.data.DataContext.get_current()
+    monkeypatch.setattr(context, "op_resource_reservation_enabled", True)
+    with ray_session():
+        assert context.op_resource_reservation_enabled is True
