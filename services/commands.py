@@ -153,6 +153,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             reply = client.search(top_k=args.k, collection=args.collection, filters=_parse_filters(args.filter),
                                   prefilter=args.prefilter, prefilter_class=args.prefilter_class,
                                   min_confidence=args.min_confidence, rerank=args.rerank, k_prep=args.k_prep,
+                                  query_expansion=args.query_expansion,
                                   thumbnails=sheet is not None, **kwargs)
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
@@ -362,13 +363,18 @@ def add_service_commands(sub: Any) -> None:
     search.add_argument("--collection", default="", help="collection (default: the server's)")
     search.add_argument("--filter", action="append", default=[], metavar="FIELD=VALUE",
                         help="equality filter on label, modality, body_part, view, dataset, ... (repeatable)")
-    search.add_argument("--prefilter", default="off", choices=["off", "predicted", "explicit"])
+    search.add_argument("--prefilter", default="off", choices=["off", "predicted", "explicit", "soft"],
+                        help="predicted: search only the class the model predicts; soft: search every plausible "
+                             "class, hits ranked by p(label) + similarity; explicit: --prefilter-class "
+                             "(default %(default)s)")
     search.add_argument("--prefilter-class", default="", help="class to search with --prefilter explicit")
     search.add_argument("--min-confidence", type=float, default=0.0,
                         help="--prefilter predicted: below this probability search everything (0: server default)")
     search.add_argument("--rerank", default="", choices=["", "hog"],
                         help="re-rank CNN candidates by HOG (collection ingested with --rerank-descriptor hog)")
     search.add_argument("--k-prep", type=int, default=0, help="candidates to re-rank (0: max(10, k))")
+    search.add_argument("--query-expansion", type=int, default=0, metavar="N",
+                        help="αQE: search again with the query averaged into its first N hits (0: off)")
     search.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")
     search.add_argument("--json", action="store_true", help="print the reply as JSON")
     search.add_argument("--sheet", default=None, metavar="PATH",

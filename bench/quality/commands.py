@@ -53,12 +53,16 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--index", nargs="+", default=["HNSW", "FLAT"], choices=["HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT"],
                         help="index types; FLAT is exact search, kept beside an ANN index (default HNSW FLAT)")
     parser.add_argument("--prefilter", nargs="+", default=["off"], choices=PREFILTERS,
-                        help="'predicted' restricts each search to the class the model's head predicts")
+                        help="'predicted' restricts each search to the class the model's head predicts; 'soft' "
+                             "searches every plausible class and ranks hits by p(label) + similarity")
     parser.add_argument("--rerank", default="", choices=["", HOG], help="re-rank the CNN's k_prep hits by HOG L1")
     parser.add_argument("--k-prep", type=int, default=10, help="candidates to re-rank (default %(default)s)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation (seed 001): index and queries embedded as the mean over the image "
                              "and its mirror, as `cbmir ingest --tta` stores them")
+    parser.add_argument("--query-expansion", type=int, nargs="+", default=[0], metavar="N",
+                        help="αQE: search again with the query averaged into its first N hits; several values are "
+                             "several configurations (default 0: off)")
     parser.add_argument("--method", default="", help="label for the table (default: derived, e.g. S1, S4 HOG)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS),
                         help="k values (default 1 5 10 20 50 100)")
@@ -106,8 +110,9 @@ def configs(args: argparse.Namespace) -> list[EvalConfig]:
         raise SystemExit("cbmir eval: pass --weights (one model) or --cross-fit (one model per fold), not both")
     return [EvalConfig(backbone=args.backbone, weights=args.weights, metric=metric, index=index, prefilter=prefilter,
                        rerank=args.rerank, k_prep=args.k_prep, method=args.method, cross_fit=args.cross_fit,
-                       tta=args.tta)
-            for metric, index, prefilter in itertools.product(args.metric, args.index, args.prefilter)]
+                       tta=args.tta, query_expansion=qe)
+            for metric, index, prefilter, qe in itertools.product(args.metric, args.index, args.prefilter,
+                                                                  args.query_expansion)]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from cbmir.services.store import INDEX_TYPES, METRICS
 DEFAULT_OUT = Path("results/quality")
 DEFAULT_DB = "results/quality/quality.db"
 HOG = "hog"  # backbone name of the seed-003 HOG-alone baseline (brute-force L1, no Milvus)
-PREFILTERS = ("off", "predicted")
+PREFILTERS = ("off", "predicted", "soft")
 RERANKS = ("", HOG)
 
 
@@ -21,7 +21,8 @@ class EvalConfig:
     weights: str | None = None  # a state_dict or a `cbmir train` checkpoint
     metric: str = "COSINE"
     index: str = "HNSW"
-    prefilter: str = "off"  # "predicted": restrict to the class the model's head predicts (S3)
+    prefilter: str = "off"  # "predicted": restrict to the class the model's head predicts (S3); "soft": rank
+    # the plausible classes' hits by p(label) + similarity (services/query/soft_prefilter.py)
     rerank: str = ""  # "hog": retrieve k_prep by CNN, re-order by HOG L1 (S4)
     k_prep: int = 10
     method: str = ""  # the seed method this reproduces (S1, S3, S4 …); derived when empty
@@ -30,6 +31,7 @@ class EvalConfig:
     cross_fit: str = ""
     loss: str = ""  # the checkpoint's training loss ("ce" -> S3, "metric" -> S2), filled in by the runner
     tta: bool = False  # index and queries embedded over the image and its mirror (seed 001's test-time augmentation)
+    query_expansion: int = 0  # αQE over the first n hits (label-free; services/query/expansion.py), 0: off
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -44,6 +46,8 @@ class EvalConfig:
             raise ValueError(f"k_prep must be >= 1, got {self.k_prep}")
         if self.is_hog_alone and (self.prefilter != "off" or self.rerank):
             raise ValueError("the HOG-alone baseline takes no prefilter and no re-ranking")
+        if self.query_expansion < 0 or (self.is_hog_alone and self.query_expansion):
+            raise ValueError("query_expansion is a number of CNN hits >= 0 (not for the HOG-alone baseline)")
         if self.cross_fit and self.weights:
             raise ValueError("pass either weights (one model) or cross_fit (one model per fold), not both")
 
@@ -63,14 +67,19 @@ class EvalConfig:
             parts = [seed + (" cross-fit" if self.cross_fit else "")]
             if self.prefilter == "predicted":
                 parts.append("+prefilter")
+            elif self.prefilter == "soft":
+                parts.append("+soft prefilter")
             if self.rerank:
                 parts.append("+HOG")
             if self.tta:
                 parts.append("+TTA")
-            return " ".join(parts)
+            return " ".join(parts) + self._qe_label()
         if self.rerank:
-            return "S4 CNN+HOG" + (" +TTA" if self.tta else "")
-        return "S1" + (" +TTA" if self.tta else "")
+            return "S4 CNN+HOG" + (" +TTA" if self.tta else "") + self._qe_label()
+        return "S1" + (" +TTA" if self.tta else "") + self._qe_label()
+
+    def _qe_label(self) -> str:
+        return f" +αQE{self.query_expansion}" if self.query_expansion else ""
 
     def name(self, weights_tag: str = "") -> str:
         """Directory name under results/quality/<dataset>/: readable and unique per configuration."""
@@ -85,6 +94,8 @@ class EvalConfig:
             parts.append(f"rerank-{self.rerank}-k{self.k_prep}")
         if self.tta:
             parts.append("tta")
+        if self.query_expansion:
+            parts.append(f"qe{self.query_expansion}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, object]:

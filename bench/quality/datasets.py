@@ -87,6 +87,11 @@ PRESETS: dict[str, DatasetSpec] = {
                                  None, None, "patient_id"),
     "breastmnist-subset": DatasetSpec("breastmnist-subset", str(SAMPLES / "breastmnist_subset.npz"), "label",
                                       SPLIT, "train", "test"),
+    # The whole MedMNIST sets of shared/data (28x28): the official train split indexed, test queries it.
+    "breastmnist": DatasetSpec("breastmnist", str(SHARED_DATA / "medmnist" / "breastmnist.npz"), "label", SPLIT,
+                               "train", "test"),
+    "pneumoniamnist": DatasetSpec("pneumoniamnist", str(SHARED_DATA / "medmnist" / "pneumoniamnist.npz"), "label",
+                                  SPLIT, "train", "test"),
 }
 
 

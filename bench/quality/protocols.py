@@ -69,6 +69,10 @@ class IndexView:
         """How many index images belong to the query's patient: the extra hits a search must ask for."""
         return self.group_counts[query.group]
 
+    def ids_of_patient(self, query: Query) -> tuple[str, ...]:
+        """The index images of the query's patient (itself included, when it is one): never to be returned."""
+        return tuple(e.id for e in self.entries if e.group == query.group)
+
     def keep(self, query: Query, hit_ids: Sequence[str], depth: int) -> list[str]:
         """The first `depth` hits not of the query's patient."""
         kept = [i for i in hit_ids if i in self.by_id and self.by_id[i].group != query.group]

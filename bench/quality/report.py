@@ -113,7 +113,7 @@ def majority_floor(record: dict) -> float:
 
 
 def at_majority_floor(record: dict) -> bool:
-    return record["config"].get("prefilter") == "predicted" and \
+    return record["config"].get("prefilter") in ("predicted", "soft") and \
         record["figures"]["mAP@10"]["ci_low"] <= majority_floor(record)
 
 

@@ -235,7 +235,8 @@ def _engine_rankings(spec: DatasetSpec, config: EvalConfig, groups: dict[str, st
     rankings = rank_with_engine(engine, config, index, queries, depths, mode, vectors, progress)
 
     ann_recall = None
-    if mode in (BY_VECTOR, BY_ID) and not config.rerank and config.prefilter == "off":
+    if mode in (BY_VECTOR, BY_ID) and not config.rerank and config.prefilter == "off" and \
+            not config.query_expansion:
         position = {i: n for n, i in enumerate(ids)}
         q_vectors = (np.stack([vectors[q.key] for q in queries]) if vectors is not None
                      else index_vectors[[position[q.stored_id] for q in queries]])

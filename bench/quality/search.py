@@ -20,11 +20,14 @@ log = logging.getLogger(__name__)
 BY_VECTOR = "vector"  # split protocol, plain search: the query embedded once (same decode + model code), cached
 BY_ID = "id"  # leave-one-patient-out: the stored vector of the query image
 BY_IMAGE = "image"  # re-ranking or a predicted-class prefilter need the image itself (or a stored id)
+PREFILTER_OF = {"predicted": Prefilter.PREDICTED, "soft": Prefilter.SOFT}
 
 _QUERY_FIELDS = {f.name for f in fields(SearchQuery)}
 
 
 def query_mode(config: EvalConfig, stored_queries: bool) -> str:
+    if config.prefilter == "soft":
+        return BY_IMAGE  # class probabilities come from the image: a stored row keeps only its predicted class
     if stored_queries:
         return BY_ID  # the engine predicts / re-ranks a stored id from what ingestion stored
     return BY_IMAGE if (config.rerank or config.prefilter != "off") else BY_VECTOR
@@ -34,14 +37,14 @@ def engine_supports(config: EvalConfig, engine: RetrievalEngine) -> str:
     """Empty when the engine can run `config`, else why not (the configuration is then skipped and reported)."""
     if config.rerank and not {"rerank", "k_prep"} <= _QUERY_FIELDS:
         return "this checkout's SearchQuery has no rerank/k_prep (the engine's re-ranking has not landed)"
-    if config.prefilter == "predicted" and not getattr(engine, "classes", None):
-        return ("prefilter 'predicted' needs a model with a classifier head: pass --weights with a `cbmir train` "
-                "checkpoint")
+    if config.prefilter in PREFILTER_OF and not getattr(engine, "classes", None):
+        return (f"prefilter {config.prefilter!r} needs a model with a classifier head: pass --weights with a "
+                "`cbmir train` checkpoint")
     return ""
 
 
 def _search_query(config: EvalConfig, query: Query, mode: str, top_k: int, vector: np.ndarray | None,
-                  rerank: bool, k_prep: int) -> SearchQuery:
+                  rerank: bool, k_prep: int, exclude_ids: tuple[str, ...] = ()) -> SearchQuery:
     kwargs: dict[str, object] = {"top_k": top_k}
     if mode == BY_VECTOR:
         kwargs["vector"] = vector
@@ -51,8 +54,12 @@ def _search_query(config: EvalConfig, query: Query, mode: str, top_k: int, vecto
         if query.item is None:
             raise ValueError(f"query {query.key} has no image to send")
         kwargs["image"] = image_bytes(query.item)
-    if config.prefilter == "predicted":
-        kwargs["prefilter"] = Prefilter.PREDICTED
+    # An indexed image as a query (leave-one-patient-out): its patient is left out by the store, so the engine sees
+    # the candidates a new image would (the soft prefilter scales similarity by them, αQE averages them in).
+    kwargs["exclude_ids"] = exclude_ids
+    kwargs["query_expansion"] = config.query_expansion
+    if config.prefilter in PREFILTER_OF:
+        kwargs["prefilter"] = PREFILTER_OF[config.prefilter]
     if rerank:
         kwargs.update(rerank=config.rerank, k_prep=k_prep)
     return SearchQuery(**kwargs)  # type: ignore[arg-type]
@@ -85,7 +92,8 @@ def rank_with_engine(engine: RetrievalEngine, config: EvalConfig, index: IndexVi
                 return cache[(depth, rerank)]
             top_k = min(depth + excluded, limit)
             k_prep = min(config.k_prep + excluded, limit) if rerank else 0
-            result = engine.search(_search_query(config, query, mode, top_k, vector, rerank, max(k_prep, top_k)))
+            result = engine.search(_search_query(config, query, mode, top_k, vector, rerank, max(k_prep, top_k),
+                                                 index.ids_of_patient(query) if query.stored_id else ()))
             search_ms.append(result.timings_ms.get("search", 0.0) + result.timings_ms.get("rerank", 0.0))
             if config.prefilter != "off" and "predicted_class" not in ranking.extra:
                 ranking.extra.update(predicted_class=result.predicted_class,

@@ -16,6 +16,7 @@ PREFILTERS = {
     "off": retrieval_pb2.PREFILTER_MODE_OFF,
     "predicted": retrieval_pb2.PREFILTER_MODE_PREDICTED,
     "explicit": retrieval_pb2.PREFILTER_MODE_EXPLICIT,
+    "soft": retrieval_pb2.PREFILTER_MODE_SOFT,
 }
 
 
@@ -79,12 +80,14 @@ class RetrievalClient:
         rerank: str = "",
         k_prep: int = 0,
         thumbnails: bool = False,
+        query_expansion: int = 0,
     ) -> Any:
         """One of image (bytes or a file path), vector or id; returns the SearchResponse message."""
         request = retrieval_pb2.SearchRequest(
             top_k=top_k, collection=collection, filters=dict(filters or {}),
             prefilter=PREFILTERS[prefilter], prefilter_class=prefilter_class, exclude_query_id=exclude_query_id,
             min_confidence=min_confidence, rerank=rerank, k_prep=k_prep, with_thumbnails=thumbnails,
+            query_expansion=query_expansion,
         )
         if image is not None:
             request.image = image if isinstance(image, bytes) else read_image_file(Path(image))

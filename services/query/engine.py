@@ -20,6 +20,8 @@ from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1
 from cbmir.services.embedding.precision import query_precision_tolerance
 from cbmir.services.embedding.preprocess import decode_resized
 from cbmir.services.query.admission import DEFAULT_DECODE_BUDGET_BYTES, BudgetExceeded, DecodeBudget
+from cbmir.services.query.expansion import MAX_QUERY_EXPANSION, expanded_query
+from cbmir.services.query.soft_prefilter import SOFT_REFERENCE_RANK, fuse, plausible_classes
 from cbmir.services.query.vector_only import StoredVectorsModel
 from cbmir.services.quoting import shown
 from cbmir.services.store import (
@@ -66,6 +68,7 @@ class Prefilter(Enum):
     OFF = "off"
     PREDICTED = "predicted"
     EXPLICIT = "explicit"
+    SOFT = "soft"  # every plausible class searched, hits ranked by p(label) + similarity (soft_prefilter.py)
 
 
 @dataclass
@@ -79,10 +82,12 @@ class SearchQuery:
     prefilter: Prefilter = Prefilter.OFF
     prefilter_class: str = ""
     exclude_query_id: bool = False
+    exclude_ids: tuple[str, ...] = ()  # stored ids never to return (in-process callers: eval leaves a patient out)
     min_confidence: float = 0.0  # 0: the engine's default
     rerank: str = ""  # "" or a descriptor kind ("hog")
     k_prep: int = 0  # candidates to re-rank; 0: max(DEFAULT_K_PREP, top_k)
     thumbnails: bool = False  # also return each hit's stored thumbnail (base64 JPEG in fields["thumbnail"])
+    query_expansion: int = 0  # αQE: search again with the query averaged into its top n hits (0: off)
 
 
 @dataclass
@@ -201,16 +206,26 @@ class RetrievalEngine:
             raise QueryRejected(Rejection.INVALID, str(error)) from None
         if query.prefilter is Prefilter.EXPLICIT and not query.prefilter_class:
             raise QueryRejected(Rejection.INVALID, "prefilter EXPLICIT needs prefilter_class")
-        if query.prefilter is Prefilter.PREDICTED:
+        if query.prefilter in (Prefilter.PREDICTED, Prefilter.SOFT):
+            mode = query.prefilter.name
             if not self.classes:
                 raise QueryRejected(
                     Rejection.PRECONDITION,
-                    "prefilter PREDICTED needs a model with a classifier head (a `cbmir train` checkpoint); this "
+                    f"prefilter {mode} needs a model with a classifier head (a `cbmir train` checkpoint); this "
                     "server's model has none (use PREFILTER_MODE_EXPLICIT with a class, or OFF)",
                 )
             if query.vector is not None:
-                raise QueryRejected(Rejection.INVALID,
-                                    "prefilter PREDICTED needs an image or a stored id, not a vector")
+                raise QueryRejected(Rejection.INVALID, f"prefilter {mode} needs an image or a stored id, not a vector")
+        if query.prefilter is Prefilter.SOFT:
+            if query.image is None:  # a stored row keeps its predicted class, not the probabilities soft needs
+                raise QueryRejected(Rejection.INVALID, "prefilter SOFT needs the image: class probabilities are not "
+                                                       "stored (use PREDICTED for a stored id)")
+            if LABEL in query.filters:
+                raise QueryRejected(Rejection.INVALID, "prefilter SOFT chooses the labels to search itself: drop the "
+                                                       "label filter, or use PREFILTER_MODE_EXPLICIT")
+        if not 0 <= query.query_expansion <= MAX_QUERY_EXPANSION:
+            raise QueryRejected(Rejection.INVALID, f"query_expansion must be between 0 and {MAX_QUERY_EXPANSION}, "
+                                                   f"got {query.query_expansion}")
         if not 0.0 <= query.min_confidence <= 1.0 or not math.isfinite(query.min_confidence):
             raise QueryRejected(Rejection.INVALID, f"min_confidence must be in [0, 1], got {query.min_confidence}")
         collection = query.collection or self.default_collection
@@ -270,7 +285,7 @@ class RetrievalEngine:
                 raise QueryRejected(Rejection.INVALID, f"cannot decode image: {error}") from None
             timings["decode"] = _ms(t)
             t = time.perf_counter()
-            if query.prefilter is Prefilter.PREDICTED:
+            if query.prefilter in (Prefilter.PREDICTED, Prefilter.SOFT):
                 vectors, probs = self.model.embed_and_predict([pixels])
                 vector, probabilities = vectors[0], probs[0]
             else:
@@ -296,16 +311,20 @@ class RetrievalEngine:
             vector = np.asarray(stored[EMBEDDING], dtype=np.float32)
 
         filters = dict(query.filters)
-        self._apply_prefilter(query, filters, result, probabilities, stored)
+        soft_classes = (self._soft_classes(result, probabilities) if query.prefilter is Prefilter.SOFT
+                        else self._apply_prefilter(query, filters, result, probabilities, stored))
 
-        exclude = [str(query.id)] if query.id and query.exclude_query_id else []
+        exclude = [*query.exclude_ids, *([str(query.id)] if query.id and query.exclude_query_id else [])]
         wanted = self.k_prep(query) if query.rerank else query.top_k
         t = time.perf_counter()
         # Thumbnails only when asked, and only from collections that store them (older ones lack the field).
         fields = (*OUTPUT_FIELDS, THUMBNAIL) if query.thumbnails and self._call_store(
             self.store.has_field, collection, THUMBNAIL) else None
-        hits = self._call_store(self.store.search, collection, vector[None, :], wanted, filters, exclude_ids=exclude,
-                                output_fields=fields)[0]
+        if query.query_expansion:
+            first = self._search_hits(collection, vector, max(wanted, query.query_expansion), filters, exclude,
+                                      fields, soft_classes, result)
+            vector = self._expanded(collection, vector, first[: query.query_expansion])
+        hits = self._search_hits(collection, vector, wanted, filters, exclude, fields, soft_classes, result)
         timings["search"] = _ms(t)
 
         if query.rerank:
@@ -319,6 +338,42 @@ class RetrievalEngine:
                            for h in result.hits]
         timings["total"] = _ms(started)
         return result
+
+    def _search_hits(self, collection: str, vector: np.ndarray, wanted: int, filters: dict[str, str],
+                     exclude: list[str], fields: tuple[str, ...] | None, soft_classes: dict[str, float] | None,
+                     result: SearchResult) -> list[Hit]:
+        """One search, or with a SOFT prefilter one per plausible class (its partition) fused into one list."""
+        if not soft_classes:
+            return self._call_store(self.store.search, collection, vector[None, :], wanted, filters,
+                                    exclude_ids=exclude, output_fields=fields)[0]
+        per_class = {label: self._call_store(self.store.search, collection, vector[None, :],
+                                             max(wanted, SOFT_REFERENCE_RANK), {**filters, LABEL: label},
+                                             exclude_ids=exclude, output_fields=fields)[0]
+                     for label in soft_classes}
+        hits = fuse(per_class, soft_classes)[:wanted]
+        if hits:
+            return hits
+        # No labelled row in any plausible class: what the whole collection holds beats nothing.
+        result.prefilter_applied = False
+        result.prefilter_note = "soft: no labelled image in the plausible classes: searched everything"
+        return self._call_store(self.store.search, collection, vector[None, :], wanted, filters,
+                                exclude_ids=exclude, output_fields=fields)[0]
+
+    def _expanded(self, collection: str, vector: np.ndarray, neighbours: list[Hit]) -> np.ndarray:
+        """The αQE query from the stored vectors of the first hits, closest first."""
+        rows = self._call_store(self.store.get_rows, collection, [h.id for h in neighbours])
+        stored = [np.asarray(rows[h.id][EMBEDDING], dtype=np.float32) for h in neighbours if h.id in rows]
+        return expanded_query(vector, stored)
+
+    def _soft_classes(self, result: SearchResult, probabilities: np.ndarray | None) -> dict[str, float]:
+        """The labels a SOFT prefilter searches, with the query's probability of each."""
+        assert self.classes is not None and probabilities is not None  # _validate: a model with a head, an image
+        chosen = plausible_classes(probabilities, self.classes)
+        result.predicted_class, result.predicted_probability = next(iter(chosen.items()))
+        result.prefilter_applied = True
+        shown_classes = ", ".join(f"{shown(label)} ({p:.2f})" for label, p in chosen.items())
+        result.prefilter_note = f"soft: searched labels {shown_classes}; hits ranked by p(label) + similarity"
+        return chosen
 
     def _apply_prefilter(self, query: SearchQuery, filters: dict[str, str], result: SearchResult,
                          probabilities: np.ndarray | None, stored: dict | None) -> None:

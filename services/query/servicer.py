@@ -37,6 +37,7 @@ PREFILTER_OF = {
     retrieval_pb2.PREFILTER_MODE_OFF: Prefilter.OFF,
     retrieval_pb2.PREFILTER_MODE_PREDICTED: Prefilter.PREDICTED,
     retrieval_pb2.PREFILTER_MODE_EXPLICIT: Prefilter.EXPLICIT,
+    retrieval_pb2.PREFILTER_MODE_SOFT: Prefilter.SOFT,
 }
 
 Reply = TypeVar("Reply")
@@ -153,6 +154,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             rerank=request.rerank,
             k_prep=int(request.k_prep),
             thumbnails=request.with_thumbnails,
+            query_expansion=request.query_expansion,
         )
         if kind is None:
             raise QueryRejected(Rejection.INVALID, "give exactly one of: image bytes, vector, or id")

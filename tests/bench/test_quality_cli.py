@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from cbmir.bench.quality.commands import configs, dataset_spec
@@ -36,6 +38,26 @@ def test_rerank_and_prefilter_name_their_configuration() -> None:
     assert config.name("a-1234abcd").endswith("-prefilter-predicted-rerank-hog-k20")
     with pytest.raises(ValueError, match="prefilter"):
         EvalConfig(prefilter="sometimes")
+
+
+def test_soft_prefilter_and_query_expansion_are_configurations_of_their_own() -> None:
+    grid = configs(_args("brain-mri", "--weights", "runs/a/best.pt", "--index", "FLAT", "--prefilter", "predicted",
+                         "soft", "--query-expansion", "0", "5"))
+    assert [(c.prefilter, c.query_expansion) for c in grid] == [("predicted", 0), ("predicted", 5), ("soft", 0),
+                                                                ("soft", 5)]
+    soft_qe = replace(grid[3], loss="ce")
+    assert soft_qe.name("a-1234abcd").endswith("-prefilter-soft-qe5")
+    assert soft_qe.method_label() == "S3 +soft prefilter +αQE5"
+    assert EvalConfig(query_expansion=3).method_label() == "S1 +αQE3"
+    with pytest.raises(ValueError, match="query_expansion"):
+        EvalConfig(query_expansion=-1)
+
+
+def test_medmnist_presets_index_the_train_split_of_the_shared_sets() -> None:
+    for name in ("breastmnist", "pneumoniamnist"):
+        spec = dataset_spec(_args(name))
+        assert (spec.protocol, spec.index_split, spec.query_split) == ("split", "train", "test")
+        assert spec.source.endswith(f"medmnist/{name}.npz")
 
 
 def test_collection_names_separate_label_columns_and_metrics() -> None:

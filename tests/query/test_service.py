@@ -14,6 +14,7 @@ from cbmir.services.embedding import EmbeddingModel, decode_image, decode_resize
 from cbmir.services.embedding.id_salt import read_default_salt
 from cbmir.services.query.client import RetrievalClient
 from cbmir.services.query.engine import RetrievalEngine, SearchQuery
+from cbmir.services.query.expansion import expanded_query
 from cbmir.services.query.proto import retrieval_pb2
 from cbmir.services.query.server import start_server
 from cbmir.services.store import MilvusStore
@@ -112,6 +113,21 @@ def test_search_by_vector_matches_search_by_image(service, model: EmbeddingModel
     assert [h.id for h in by_vector.hits] == [h.id for h in by_image.hits]
 
 
+def test_query_expansion_searches_again_with_the_query_averaged_into_its_first_hits(service,
+                                                                                  model: EmbeddingModel) -> None:
+    client, store, archive = service
+    vector = model.embed([decode_image(_train_images(archive)[3].read_bytes()).pixels])[0]
+    plain = client.search(vector=vector.tolist(), top_k=10)
+    expanded = client.search(vector=vector.tolist(), top_k=10, query_expansion=3)
+
+    first = [h.id for h in plain.hits[:3]]
+    rows = store.get_rows(COLLECTION, first)
+    by_hand = expanded_query(vector, [np.asarray(rows[i]["embedding"], dtype=np.float32) for i in first])
+    assert not np.allclose(by_hand / np.linalg.norm(by_hand), vector / np.linalg.norm(vector), atol=1e-3)
+    again = client.search(vector=by_hand.tolist(), top_k=10)
+    assert [h.id for h in expanded.hits] == [h.id for h in again.hits]
+
+
 def test_describe_collection_reports_model_and_size(service, model: EmbeddingModel) -> None:
     client, _, _ = service
     info = client.describe(COLLECTION)
@@ -145,6 +161,7 @@ def test_describe_collection_reports_model_and_size(service, model: EmbeddingMod
     ({"id": "7" * 50_000}, grpc.StatusCode.NOT_FOUND, "50000 characters"),
     ({"vector": [0.1] * 1280, "filters": {"k" * 20_000: "x"}}, grpc.StatusCode.INVALID_ARGUMENT, "20000 characters"),
     ({"id": "0" * 32, "rerank": "r" * 100_000}, grpc.StatusCode.INVALID_ARGUMENT, "100000 characters"),
+    ({"vector": [0.1] * 1280, "query_expansion": 51}, grpc.StatusCode.INVALID_ARGUMENT, "query_expansion"),
 ])
 def test_bad_requests_get_the_right_status_and_the_server_keeps_serving(service, kwargs, code, message) -> None:
     client, _, _ = service
@@ -250,7 +267,7 @@ def test_an_unknown_collection_names_neither_the_server_path_nor_other_collectio
     assert store.uri not in details and "/" not in details and COLLECTION not in details
 
 
-@pytest.mark.parametrize("mode", [4, 99, -1])
+@pytest.mark.parametrize("mode", [5, 99, -1])
 def test_an_unknown_prefilter_mode_on_the_wire_is_refused_not_taken_for_off(service, mode: int) -> None:
     client, _, _ = service
     request = retrieval_pb2.SearchRequest(top_k=3, prefilter=mode)  # open enum: any int32 reaches the server
