@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from cbmir.services.flags import add_logging_flags
+
+ALL_FOLDS = "all"
+FOLD_DIR = "f{fold}"  # `--fold all`: fold i's run in OUT/f<i>, the pattern `cbmir eval --cross-fit` takes
+
+
+def _fold(value: str) -> int | str:
+    if value == ALL_FOLDS:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fold takes a fold number or '{ALL_FOLDS}', not {value!r}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cbmir.training.trainer import TrainConfig, train
 
+    every_fold = args.fold == ALL_FOLDS
+    if every_fold and args.folds < 2:
+        raise SystemExit("cbmir train: --fold all needs --folds K (K >= 2)")
     config = TrainConfig(
         source=args.source, out_dir=args.out, split=args.split or None, val_split=args.val_split,
         val_fraction=args.val_fraction, label_column=args.label_column, image_column=args.image_column,
-        manifest=args.manifest, group_column=args.group_column, folds=args.folds, fold=args.fold, limit=args.limit,
+        manifest=args.manifest, group_column=args.group_column, folds=args.folds, fold=0 if every_fold else args.fold,
+        limit=args.limit,
         backbone=args.backbone, weights=args.weights, random_init=args.random_init, input_size=args.input_size,
         loss=args.loss, embedding_dim=args.embedding_dim, epochs=args.epochs, batch_size=args.batch_size,
         lr_backbone=args.lr_backbone, lr_head=args.lr_head, weight_decay=args.weight_decay,
@@ -25,12 +43,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    if not every_fold:
+        _train_one(train, config, args.resume, not args.no_progress)
+        return 0
+    # Cross-fitting in one command: fold i's model never sees fold i's patients; each fold is its own run, so
+    # --resume continues the fold that was stopped and leaves the finished ones as they are.
+    for fold in range(args.folds):
+        out = Path(args.out) / FOLD_DIR.format(fold=fold)
+        print(f"fold {fold} of {args.folds}: {out}")
+        resume = args.resume and (out / "last.pt").is_file()
+        _train_one(train, replace(config, out_dir=str(out), fold=fold), resume, not args.no_progress)
+    pattern = str(Path(args.out) / FOLD_DIR / "best.pt")
+    group = f" --group-column {args.group_column}" if args.group_column else ""
+    print(f"score the {args.folds} folds: cbmir eval {args.source} --protocol leave-one-patient-out "
+          f"--label-column {args.label_column}{group} --cross-fit '{pattern}'")
+    return 0
+
+
+def _train_one(train: Any, config: Any, resume: bool, progress: bool) -> None:
+    result = train(config, resume=resume, progress=progress)
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
     print(f"trained {result.epochs_run} epochs; best epoch {result.best_epoch}: val acc {best.get('val_acc', 0):.4f}, "
           f"val mAP@10 {best.get('val_map10', 0):.4f}")
     print(f"checkpoint: {result.best_path}  (use: --weights {result.best_path} --backbone {config.backbone})")
-    return 0
 
 
 def add_train_command(sub: Any) -> None:
@@ -82,7 +117,10 @@ def add_train_command(sub: Any) -> None:
     train_p.add_argument("--folds", type=int, default=0,
                          help="hold one of this many label-stratified group folds out of training entirely "
                               "(cross-fitting for leave-one-patient-out evaluation)")
-    train_p.add_argument("--fold", type=int, default=0, help="which fold --folds holds out (default %(default)s)")
+    train_p.add_argument("--fold", type=_fold, default=0,
+                         help=f"which fold --folds holds out, or '{ALL_FOLDS}': every fold in turn, into "
+                              f"OUT/f0 .. OUT/f<K-1>, then prints the `cbmir eval --cross-fit` that scores them "
+                              "(default %(default)s)")
     train_p.add_argument("--manifest", default=None, help="CSV manifest (default: SOURCE/labels.csv if present)")
     train_p.add_argument("--image-column", default="image", help="manifest column with the image path")
     train_p.add_argument("--label-column", default="label", help="manifest column with the label (MIAS: tissue)")

@@ -87,3 +87,28 @@ def test_cross_fitted_eval_queries_each_image_once_with_the_model_that_never_saw
     labels = {f"images/img{i:02d}.png": f"class{(i // 2) % 2}" for i in range(24)}
     for sources, predicted in zip(per_query["top10_sources"], per_query["predicted_class"], strict=True):
         assert {labels[s] for s in sources} == {predicted}
+
+
+def test_train_fold_all_trains_every_fold_and_prints_the_eval_that_scores_them(
+        archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cbmir.cli import build_parser
+
+    argv = ["train", str(archive), "--out", str(tmp_path / "xfit"), "--split", "", "--label-column", "tissue",
+            "--group-column", "patient_id", "--folds", str(FOLDS), "--fold", "all", "--input-size", "64",
+            "--epochs", "1", "--batch-size", "4", "--views", "1", "--val-fraction", "0.2", "--precision", "fp32",
+            "--seed", "1", "--no-progress"]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+
+    printed = capsys.readouterr().out
+    pattern = str(tmp_path / "xfit" / "f{fold}" / "best.pt")
+    assert f"--protocol leave-one-patient-out --label-column tissue --group-column patient_id " \
+           f"--cross-fit '{pattern}'" in printed
+    spec = _spec(archive)
+    patients = spec.groups()
+    folds = load_folds(pattern, spec, patients, sorted(patients))
+    assert [f.fold for f in folds] == list(range(FOLDS))
+
+    without_folds = build_parser().parse_args(["train", str(archive), "--out", str(tmp_path / "x"), "--fold", "all"])
+    with pytest.raises(SystemExit, match="--folds K"):
+        without_folds.func(without_folds)
