@@ -27,11 +27,18 @@ def load_records(root: Path) -> list[dict]:
     return records
 
 
+ARCHIVED_PER_QUERY = ("query", "label", "predicted_class", "mAP@10")
+
+
 def archive_records(records: list[dict], archive_root: Path) -> None:
     """Copy records, without their per-query lists, to a tracked folder: results/ is machine-local, and a
     report regenerated on another machine must still hold every figure measured so far."""
     for record in records:
         slim = {k: v for k, v in record.items() if k not in ("per_query", "_path")}
+        per_query = record.get("per_query", {})
+        if record.get("config", {}).get("prefilter") not in (None, "off") and per_query.get("label"):
+            # what the prefilter-cap table re-scores (bench/quality/prefilter_cap.py): a few numbers per query
+            slim["per_query"] = {k: per_query[k] for k in ARCHIVED_PER_QUERY if k in per_query}
         path = archive_root / record["dataset"]["name"] / f"{record['config_name']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(slim, indent=1, sort_keys=False) + "\n")

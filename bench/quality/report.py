@@ -6,6 +6,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from cbmir.bench.quality.prefilter_cap import cap_lines, cap_rows, plot_cap
 from cbmir.bench.quality.record import (
     archive_records,
     load_archived,
@@ -268,6 +269,7 @@ def prefilter_lines(group: list[dict]) -> list[str]:
     return lines
 
 
+CAP_FIGURE = Path("figures/quality/prefilter_cap.png")  # under the docs directory
 FIGURES = ("precision_recall_vs_k", "pr_curve", "embedding_pca", "embedding_tsne")
 
 
@@ -321,7 +323,9 @@ def render(records: list[dict], notes: str = "", figures: dict[str, list[Path]] 
     if figure_lines:
         figure_lines = ["Figures of each dataset's best row (copied into docs/figures/quality/ by --report):\n",
                         *figure_lines, ""]
-    parts = [PREAMBLE.format(count=len(records), created=now()), *best_vs_seeds(by_dataset), *figure_lines,
+    cap_figure = docs_dir / CAP_FIGURE
+    cap = cap_lines(cap_rows(records), cap_figure.relative_to(docs_dir).as_posix() if cap_figure.is_file() else "")
+    parts = [PREAMBLE.format(count=len(records), created=now()), *best_vs_seeds(by_dataset), *figure_lines, *cap,
              NOTES_BEGIN, notes.strip() or "(no notes yet)", NOTES_END, "", *training_runs(records),
              "## Reproduce\n", COMMANDS, ""]
     for dataset in sorted(by_dataset):
@@ -377,6 +381,7 @@ def write_report(results_root: Path, docs_path: Path = DEFAULT_DOCS) -> Path:
     for record in records:
         by_dataset[record["dataset"]["name"]].append(record)
     figures = copy_best_figures(by_dataset, docs_path.parent)
+    plot_cap(cap_rows(records), docs_path.parent / CAP_FIGURE)
     docs_path.write_text(render(records, kept_notes(docs_path), figures, docs_path.parent))
     return docs_path
 

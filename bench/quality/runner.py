@@ -97,6 +97,7 @@ def run_eval(spec: DatasetSpec, config: EvalConfig, out_root: Path = DEFAULT_OUT
                                             for r in rankings]
     if config.prefilter != "off":
         scored["per_query"]["predicted_class"] = [str(r.extra.get("predicted_class") or "") for r in rankings]
+        scored["per_query"]["label"] = [r.query.label for r in rankings]  # right or wrong prediction, per query
         scored["per_query"]["prefilter_applied"] = [bool(r.extra.get("prefilter_applied")) for r in rankings]
     search_ms = [t for r in rankings for t in r.extra.get("search_ms", [])]
     record = {

@@ -6,7 +6,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from cbmir.bench.quality.config import EvalConfig
+from cbmir.bench.quality.prefilter_cap import cap_rows
 from cbmir.bench.quality.record import SCHEMA
 from cbmir.bench.quality.report import NOTES_BEGIN, NOTES_END, best_vs_seeds, seed_method, write_report
 from cbmir.bench.quality.runner import _loss_of, weights_label
@@ -125,3 +128,37 @@ def test_a_prefilter_that_only_echoes_the_majority_class_is_flagged_and_never_th
     assert majority_floor(hog) == 0.64
     assert best_row([hog, echo]) is hog and best_row([hog, echo, learned]) is learned
     assert any("commonest class" in line and "`echo`" in line for line in observations([hog, echo, learned]))
+
+
+def test_the_prefilter_cap_table_pairs_hard_and_soft_and_survives_the_archive(tmp_path: Path) -> None:
+    queries = ["q1", "q2", "q3", "q4"]
+    labels = ["a", "a", "b", "b"]
+    predicted = ["a", "a", "b", "a"]  # q4 predicted wrongly: 3 of 4 right
+
+    def prefilter_record(mode: str, name: str, per_query_map: list[float]) -> dict:
+        r = _record("brain-mri", "S3 +prefilter" if mode == "predicted" else "S3 +soft prefilter", name,
+                    float(np.mean(per_query_map)), 0.5, 0.99)
+        r["config"].update(weights="runs/x/best.pt", prefilter=mode)
+        r["per_query"] = {"query": queries, "label": labels, "predicted_class": predicted, "mAP@10": per_query_map,
+                          "P@10": per_query_map, "top10_sources": [[]] * 4}
+        return r
+
+    hard = prefilter_record("predicted", "hard", [1.0, 1.0, 1.0, 0.0])
+    soft = prefilter_record("soft", "soft", [1.0, 0.9, 1.0, 0.4])
+    unpaired = {**prefilter_record("soft", "lonely", [1.0] * 4)}
+    unpaired["config"] = {**unpaired["config"], "weights": "runs/other/best.pt"}
+
+    (row,) = cap_rows([hard, soft, unpaired])
+    assert (row["accuracy"], row["wrong"]) == (0.75, 1)
+    assert (row["hard"]["wrong"], row["soft"]["wrong"]) == (0.0, 0.4)
+    assert row["hard"]["right"] == 1.0 and abs(row["soft"]["right"] - 2.9 / 3) < 1e-12
+
+    out, docs = tmp_path / "results", tmp_path / "docs" / "quality.md"
+    for r in (hard, soft):
+        (out / "brain-mri" / r["config_name"]).mkdir(parents=True)
+        (out / "brain-mri" / r["config_name"] / "record.json").write_text(json.dumps(r))
+    write_report(out, docs)
+    text = write_report(tmp_path / "nothing-here", docs).read_text()  # from the archive alone
+    assert "| brain-mri | `soft` | 4 | 0.750 |" in text and "| 0.000 / 0.400 (1) |" in text
+    assert (tmp_path / "docs" / "figures" / "quality" / "prefilter_cap.png").stat().st_size > 1000
+    assert "](figures/quality/prefilter_cap.png)" in text
