@@ -24,6 +24,17 @@ from cbmir.services.store.index import IndexConfig, choose_index, search_params_
 
 log = logging.getLogger(__name__)
 
+
+class _LiteIteratorTimestampNotice(logging.Filter):
+    """Milvus Lite has no timestamp service, so every query iterator (iter_ids, migrate) warns that it "failed to
+    get mvccTs" and falls back to the client's clock, which is right for one local file: not the user's concern."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_LiteIteratorTimestampNotice())
+
 # Milvus caps `id in [...]` lists and messages; keep each request well under both.
 ID_QUERY_CHUNK = 1000
 UPSERT_RETRIES = 6  # waits 0.5 + 1 + 2 + 4 + 8 s: rides out a Milvus restart's first seconds or a write quota burst
