@@ -63,6 +63,9 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--query-expansion", type=int, nargs="+", default=[0], metavar="N",
                         help="αQE: search again with the query averaged into its first N hits; several values are "
                              "several configurations (default 0: off)")
+    parser.add_argument("--soft-weight", type=float, nargs="+", default=[None], metavar="W",
+                        help="--prefilter soft: the similarity's weight beside p(label), several values are several "
+                             "configurations (default: the engine's, 1.0)")
     parser.add_argument("--method", default="", help="label for the table (default: derived, e.g. S1, S4 HOG)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS),
                         help="k values (default 1 5 10 20 50 100)")
@@ -110,9 +113,10 @@ def configs(args: argparse.Namespace) -> list[EvalConfig]:
         raise SystemExit("cbmir eval: pass --weights (one model) or --cross-fit (one model per fold), not both")
     return [EvalConfig(backbone=args.backbone, weights=args.weights, metric=metric, index=index, prefilter=prefilter,
                        rerank=args.rerank, k_prep=args.k_prep, method=args.method, cross_fit=args.cross_fit,
-                       tta=args.tta, query_expansion=qe)
+                       tta=args.tta, query_expansion=qe, soft_weight=weight if prefilter == "soft" else None)
             for metric, index, prefilter, qe in itertools.product(args.metric, args.index, args.prefilter,
-                                                                  args.query_expansion)]
+                                                                  args.query_expansion)
+            for weight in (args.soft_weight if prefilter == "soft" else [None])]
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

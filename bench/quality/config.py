@@ -32,6 +32,7 @@ class EvalConfig:
     loss: str = ""  # the checkpoint's training loss ("ce" -> S3, "metric" -> S2), filled in by the runner
     tta: bool = False  # index and queries embedded over the image and its mirror (seed 001's test-time augmentation)
     query_expansion: int = 0  # αQE over the first n hits (label-free; services/query/expansion.py), 0: off
+    soft_weight: float | None = None  # prefilter "soft": similarity weight beside p(label); None: the engine's
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -48,6 +49,8 @@ class EvalConfig:
             raise ValueError("the HOG-alone baseline takes no prefilter and no re-ranking")
         if self.query_expansion < 0 or (self.is_hog_alone and self.query_expansion):
             raise ValueError("query_expansion is a number of CNN hits >= 0 (not for the HOG-alone baseline)")
+        if self.soft_weight is not None and self.prefilter != "soft":
+            raise ValueError("soft_weight is the soft prefilter's: pass it with prefilter 'soft'")
         if self.cross_fit and self.weights:
             raise ValueError("pass either weights (one model) or cross_fit (one model per fold), not both")
 
@@ -94,6 +97,8 @@ class EvalConfig:
             parts.append(f"rerank-{self.rerank}-k{self.k_prep}")
         if self.tta:
             parts.append("tta")
+        if self.soft_weight is not None:
+            parts.append(f"w{self.soft_weight:g}")
         if self.query_expansion:
             parts.append(f"qe{self.query_expansion}")
         return "-".join(parts)

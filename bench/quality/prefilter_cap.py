@@ -31,7 +31,7 @@ def cap_rows(records: list[dict]) -> list[dict]:
     pairs: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for record in records:
         mode = record["config"].get("prefilter")
-        if mode in ("predicted", "soft") and _has_labels(record):
+        if mode in ("predicted", "soft") and _has_labels(record) and record["config"].get("soft_weight") is None:
             pairs[_model_key(record)][mode] = record
     rows = []
     for key, found in sorted(pairs.items(), key=lambda kv: tuple(str(k) for k in kv[0])):

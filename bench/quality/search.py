@@ -58,6 +58,7 @@ def _search_query(config: EvalConfig, query: Query, mode: str, top_k: int, vecto
     # the candidates a new image would (the soft prefilter scales similarity by them, αQE averages them in).
     kwargs["exclude_ids"] = exclude_ids
     kwargs["query_expansion"] = config.query_expansion
+    kwargs["soft_weight"] = config.soft_weight
     if config.prefilter in PREFILTER_OF:
         kwargs["prefilter"] = PREFILTER_OF[config.prefilter]
     if rerank:

@@ -21,7 +21,7 @@ from cbmir.services.embedding.precision import query_precision_tolerance
 from cbmir.services.embedding.preprocess import decode_resized
 from cbmir.services.query.admission import DEFAULT_DECODE_BUDGET_BYTES, BudgetExceeded, DecodeBudget
 from cbmir.services.query.expansion import MAX_QUERY_EXPANSION, expanded_query
-from cbmir.services.query.soft_prefilter import SOFT_REFERENCE_RANK, fuse, plausible_classes
+from cbmir.services.query.soft_prefilter import SOFT_REFERENCE_RANK, SOFT_SIMILARITY_WEIGHT, fuse, plausible_classes
 from cbmir.services.query.vector_only import StoredVectorsModel
 from cbmir.services.quoting import shown
 from cbmir.services.store import (
@@ -88,6 +88,7 @@ class SearchQuery:
     k_prep: int = 0  # candidates to re-rank; 0: max(DEFAULT_K_PREP, top_k)
     thumbnails: bool = False  # also return each hit's stored thumbnail (base64 JPEG in fields["thumbnail"])
     query_expansion: int = 0  # αQE: search again with the query averaged into its top n hits (0: off)
+    soft_weight: float | None = None  # SOFT: the similarity's weight beside p(label); None: SOFT_SIMILARITY_WEIGHT
 
 
 @dataclass
@@ -216,6 +217,8 @@ class RetrievalEngine:
                 )
             if query.vector is not None:
                 raise QueryRejected(Rejection.INVALID, f"prefilter {mode} needs an image or a stored id, not a vector")
+        if query.soft_weight is not None and not (math.isfinite(query.soft_weight) and query.soft_weight >= 0):
+            raise QueryRejected(Rejection.INVALID, f"soft_weight must be a finite number >= 0, got {query.soft_weight}")
         if query.prefilter is Prefilter.SOFT:
             if query.image is None:  # a stored row keeps its predicted class, not the probabilities soft needs
                 raise QueryRejected(Rejection.INVALID, "prefilter SOFT needs the image: class probabilities are not "
@@ -322,9 +325,10 @@ class RetrievalEngine:
             self.store.has_field, collection, THUMBNAIL) else None
         if query.query_expansion:
             first = self._search_hits(collection, vector, max(wanted, query.query_expansion), filters, exclude,
-                                      fields, soft_classes, result)
+                                      fields, soft_classes, result, query.soft_weight)
             vector = self._expanded(collection, vector, first[: query.query_expansion])
-        hits = self._search_hits(collection, vector, wanted, filters, exclude, fields, soft_classes, result)
+        hits = self._search_hits(collection, vector, wanted, filters, exclude, fields, soft_classes, result,
+                                 query.soft_weight)
         timings["search"] = _ms(t)
 
         if query.rerank:
@@ -341,7 +345,7 @@ class RetrievalEngine:
 
     def _search_hits(self, collection: str, vector: np.ndarray, wanted: int, filters: dict[str, str],
                      exclude: list[str], fields: tuple[str, ...] | None, soft_classes: dict[str, float] | None,
-                     result: SearchResult) -> list[Hit]:
+                     result: SearchResult, soft_weight: float | None = None) -> list[Hit]:
         """One search, or with a SOFT prefilter one per plausible class (its partition) fused into one list."""
         if not soft_classes:
             return self._call_store(self.store.search, collection, vector[None, :], wanted, filters,
@@ -350,7 +354,8 @@ class RetrievalEngine:
                                              max(wanted, SOFT_REFERENCE_RANK), {**filters, LABEL: label},
                                              exclude_ids=exclude, output_fields=fields)[0]
                      for label in soft_classes}
-        hits = fuse(per_class, soft_classes)[:wanted]
+        weight = SOFT_SIMILARITY_WEIGHT if soft_weight is None else soft_weight
+        hits = fuse(per_class, soft_classes, weight)[:wanted]
         if hits:
             return hits
         # No labelled row in any plausible class: what the whole collection holds beats nothing.

@@ -51,6 +51,12 @@ def test_soft_prefilter_and_query_expansion_are_configurations_of_their_own() ->
     assert EvalConfig(query_expansion=3).method_label() == "S1 +αQE3"
     with pytest.raises(ValueError, match="query_expansion"):
         EvalConfig(query_expansion=-1)
+    swept = configs(_args("brain-mri", "--weights", "runs/a/best.pt", "--prefilter", "off", "soft",
+                          "--soft-weight", "0.5", "1", "--index", "FLAT"))
+    assert [(c.prefilter, c.soft_weight) for c in swept] == [("off", None), ("soft", 0.5), ("soft", 1.0)]
+    assert swept[1].name("a").endswith("-prefilter-soft-w0.5")
+    with pytest.raises(ValueError, match="soft_weight"):
+        EvalConfig(soft_weight=0.5)
 
 
 def test_medmnist_presets_index_the_train_split_of_the_shared_sets() -> None:

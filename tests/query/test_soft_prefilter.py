@@ -108,6 +108,18 @@ def test_an_unsure_prediction_searches_both_classes_where_the_hard_prefilter_sea
     assert soft.hits[0].score == pytest.approx(max(h.score for h in soft.hits))
 
 
+def test_soft_weight_zero_orders_by_class_probability_alone_and_a_bad_weight_is_refused(served) -> None:
+    engines, _, images = served
+    image = images[0].read_bytes()
+    by_prior = engines["unsure"].search(SearchQuery(image=image, top_k=60, prefilter=Prefilter.SOFT, soft_weight=0.0))
+
+    labels = [h.fields["label"] for h in by_prior.hits]
+    assert labels == sorted(labels, key=lambda label: label != "malignant") and len(set(labels)) == 2
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(QueryRejected, match="soft_weight"):
+            engines["unsure"].search(SearchQuery(image=image, prefilter=Prefilter.SOFT, soft_weight=bad))
+
+
 def test_a_sure_prediction_under_the_floor_searches_only_its_class(served) -> None:
     engines, _, images = served
     soft = engines["sure"].search(SearchQuery(image=images[1].read_bytes(), top_k=10, prefilter=Prefilter.SOFT))
