@@ -6,7 +6,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from cbmir.bench.quality.prefilter_cap import cap_lines, cap_rows, plot_cap
+from cbmir.bench.quality.prefilter_cap import (
+    cap_lines,
+    cap_rows,
+    leave_one_set_out,
+    leave_one_set_out_lines,
+    plot_cap,
+)
 from cbmir.bench.quality.record import (
     archive_records,
     load_archived,
@@ -15,6 +21,7 @@ from cbmir.bench.quality.record import (
     newest_per_config,
 )
 from cbmir.bench.run_record import now
+from cbmir.services.query.soft_prefilter import SOFT_SIMILARITY_WEIGHT
 
 DEFAULT_DOCS = Path("docs/quality.md")
 ARCHIVE_DIR = Path("records/quality")  # beside the page: <docs>/records/quality/<dataset>/<config>.json
@@ -325,6 +332,8 @@ def render(records: list[dict], notes: str = "", figures: dict[str, list[Path]] 
                         *figure_lines, ""]
     cap_figure = docs_dir / CAP_FIGURE
     cap = cap_lines(cap_rows(records), cap_figure.relative_to(docs_dir).as_posix() if cap_figure.is_file() else "")
+    loso = leave_one_set_out_lines(leave_one_set_out(records, SOFT_SIMILARITY_WEIGHT))
+    cap += (["## The soft prefilter's weight\n"] if loso and not cap else []) + loso
     parts = [PREAMBLE.format(count=len(records), created=now()), *best_vs_seeds(by_dataset), *figure_lines, *cap,
              NOTES_BEGIN, notes.strip() or "(no notes yet)", NOTES_END, "", *training_runs(records),
              "## Reproduce\n", COMMANDS, ""]

@@ -162,3 +162,22 @@ def test_the_prefilter_cap_table_pairs_hard_and_soft_and_survives_the_archive(tm
     assert "| brain-mri | `soft` | 4 | 0.750 |" in text and "| 0.000 / 0.400 (1) |" in text
     assert (tmp_path / "docs" / "figures" / "quality" / "prefilter_cap.png").stat().st_size > 1000
     assert "](figures/quality/prefilter_cap.png)" in text
+
+
+def test_the_soft_weight_is_chosen_on_the_other_sets_never_on_the_one_it_is_reported_on() -> None:
+    from cbmir.bench.quality.prefilter_cap import leave_one_set_out
+
+    scores = {"a": {0.5: 0.80, 1.0: 0.70}, "b": {0.5: 0.60, 1.0: 0.65}, "c": {0.5: 0.90, 1.0: 0.50, 2.0: 0.99}}
+    records = []
+    for dataset, by_weight in scores.items():
+        for weight, value in by_weight.items():
+            r = _record(dataset, "S3 +soft prefilter", f"{dataset}-{weight}", value, value - 0.05, value + 0.05)
+            r["config"].update(prefilter="soft", soft_weight=None if weight == 1.0 else weight)
+            records.append(r)
+
+    rows = {r["dataset"]: r for r in leave_one_set_out(records, default_weight=1.0)}
+
+    assert set(rows["a"]["by_weight"]) == {0.5, 1.0}  # 2.0 was not run on every set: it does not compete
+    assert rows["a"]["chosen_weight"] == 0.5 and rows["a"]["map10"] == 0.80  # on b, c: 0.75 vs 0.575
+    assert rows["b"]["chosen_weight"] == 0.5 and rows["b"]["map10"] == 0.60  # chosen on a, c although b prefers 1
+    assert rows["c"]["chosen_weight"] == 0.5
