@@ -153,7 +153,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             reply = client.search(top_k=args.k, collection=args.collection, filters=_parse_filters(args.filter),
                                   prefilter=args.prefilter, prefilter_class=args.prefilter_class,
                                   min_confidence=args.min_confidence, rerank=args.rerank, k_prep=args.k_prep,
-                                  query_expansion=args.query_expansion,
+                                  query_expansion=args.query_expansion, soft_weight=args.soft_weight,
                                   thumbnails=sheet is not None, **kwargs)
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
@@ -373,6 +373,8 @@ def add_service_commands(sub: Any) -> None:
     search.add_argument("--rerank", default="", choices=["", "hog"],
                         help="re-rank CNN candidates by HOG (collection ingested with --rerank-descriptor hog)")
     search.add_argument("--k-prep", type=int, default=0, help="candidates to re-rank (0: max(10, k))")
+    search.add_argument("--soft-weight", type=float, default=None, metavar="W",
+                        help="--prefilter soft: the similarity's weight beside p(label) (default: the server's)")
     search.add_argument("--query-expansion", type=int, default=0, metavar="N",
                         help="αQE: search again with the query averaged into its first N hits (0: off)")
     search.add_argument("--timeout", type=float, default=30.0, help="seconds (default %(default)s)")

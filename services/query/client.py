@@ -81,6 +81,7 @@ class RetrievalClient:
         k_prep: int = 0,
         thumbnails: bool = False,
         query_expansion: int = 0,
+        soft_weight: float | None = None,
     ) -> Any:
         """One of image (bytes or a file path), vector or id; returns the SearchResponse message."""
         request = retrieval_pb2.SearchRequest(
@@ -89,6 +90,8 @@ class RetrievalClient:
             min_confidence=min_confidence, rerank=rerank, k_prep=k_prep, with_thumbnails=thumbnails,
             query_expansion=query_expansion,
         )
+        if soft_weight is not None:
+            request.soft_weight = soft_weight
         if image is not None:
             request.image = image if isinstance(image, bytes) else read_image_file(Path(image))
         elif vector is not None:

@@ -155,6 +155,7 @@ class RetrievalServicer(retrieval_pb2_grpc.RetrievalServiceServicer):
             k_prep=int(request.k_prep),
             thumbnails=request.with_thumbnails,
             query_expansion=request.query_expansion,
+            soft_weight=request.soft_weight if request.HasField("soft_weight") else None,
         )
         if kind is None:
             raise QueryRejected(Rejection.INVALID, "give exactly one of: image bytes, vector, or id")

@@ -144,3 +144,11 @@ def test_soft_over_grpc_and_its_refusals(served) -> None:
         client.search(id=stored_id, top_k=5, prefilter="soft")
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    # soft_weight on the wire: 0 (set, not unset) ranks the predicted class first; a negative one is refused
+    by_prior = client.search(image=images[2].read_bytes(), top_k=60, prefilter="soft", soft_weight=0.0)
+    labels = [h.label for h in by_prior.hits]
+    assert labels == sorted(labels, key=lambda label: label != "malignant") and len(set(labels)) == 2
+    with pytest.raises(grpc.RpcError) as caught:
+        client.search(image=images[2].read_bytes(), top_k=5, prefilter="soft", soft_weight=-0.5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "soft_weight" in caught.value.details()
+
