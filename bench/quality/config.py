@@ -6,6 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from cbmir.services.query.soft_prefilter import SOFT_SIMILARITY_WEIGHT
 from cbmir.services.store import INDEX_TYPES, METRICS
 
 DEFAULT_OUT = Path("results/quality")
@@ -32,7 +33,9 @@ class EvalConfig:
     loss: str = ""  # the checkpoint's training loss ("ce" -> S3, "metric" -> S2), filled in by the runner
     tta: bool = False  # index and queries embedded over the image and its mirror (seed 001's test-time augmentation)
     query_expansion: int = 0  # αQE over the first n hits (label-free; services/query/expansion.py), 0: off
-    soft_weight: float | None = None  # prefilter "soft": similarity weight beside p(label); None: the engine's
+    # prefilter "soft": the similarity's weight beside p(label); None becomes the engine's default, so a record
+    # always names the weight it ran with
+    soft_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -51,6 +54,8 @@ class EvalConfig:
             raise ValueError("query_expansion is a number of CNN hits >= 0 (not for the HOG-alone baseline)")
         if self.soft_weight is not None and self.prefilter != "soft":
             raise ValueError("soft_weight is the soft prefilter's: pass it with prefilter 'soft'")
+        if self.prefilter == "soft" and self.soft_weight is None:
+            object.__setattr__(self, "soft_weight", SOFT_SIMILARITY_WEIGHT)  # frozen: set once, here
         if self.cross_fit and self.weights:
             raise ValueError("pass either weights (one model) or cross_fit (one model per fold), not both")
 

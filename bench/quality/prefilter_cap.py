@@ -25,13 +25,15 @@ def _has_labels(record: dict) -> bool:
     return bool(per_query.get("label")) and bool(per_query.get("predicted_class"))
 
 
-def cap_rows(records: list[dict]) -> list[dict]:
-    """One row per (dataset, trained model, configuration) with both a hard and a soft record that carry the
-    per-query label and predicted class (records from 2026-12-06 on)."""
+def cap_rows(records: list[dict], soft_weight: float) -> list[dict]:
+    """One row per (dataset, trained model, configuration) with both a hard and a soft record (at `soft_weight`,
+    the default) that carry the per-query label and predicted class (records from 2026-12-06 on)."""
     pairs: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for record in records:
         mode = record["config"].get("prefilter")
-        if mode in ("predicted", "soft") and _has_labels(record) and record["config"].get("soft_weight") is None:
+        if mode == "soft" and record["config"].get("soft_weight") != soft_weight:
+            continue
+        if mode in ("predicted", "soft") and _has_labels(record):
             pairs[_model_key(record)][mode] = record
     rows = []
     for key, found in sorted(pairs.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
@@ -114,26 +116,27 @@ def plot_cap(rows: list[dict], path: Path) -> Path | None:
     return path
 
 
-def soft_weight_table(records: list[dict], default_weight: float) -> dict[str, dict[float, dict]]:
-    """dataset -> soft weight -> its newest soft-prefilter record (no αQE); the default weight for None."""
+def soft_weight_table(records: list[dict]) -> dict[str, dict[float, dict]]:
+    """dataset -> soft weight -> its newest soft-prefilter record (no αQE)."""
     table: dict[str, dict[float, dict]] = defaultdict(dict)
     for record in records:
         config = record["config"]
         if config.get("prefilter") != "soft" or config.get("query_expansion", 0):
             continue
-        weight = config.get("soft_weight")
-        weight = default_weight if weight is None else float(weight)
+        if config.get("soft_weight") is None:
+            continue  # a record from before the weight was recorded
+        weight = float(config["soft_weight"])
         seen = table[record["dataset"]["name"]].get(weight)
         if seen is None or record.get("created", "") >= seen.get("created", ""):
             table[record["dataset"]["name"]][weight] = record
     return table
 
 
-def leave_one_set_out(records: list[dict], default_weight: float) -> list[dict]:
+def leave_one_set_out(records: list[dict]) -> list[dict]:
     """For each dataset, the soft weight that scores the best mean mAP@10 on the other datasets (only weights run
     on every dataset compete), and what that weight scores on the held-out one: the weight is never chosen on
     the set it is reported on."""
-    table = soft_weight_table(records, default_weight)
+    table = soft_weight_table(records)
     common = set.intersection(*(set(w) for w in table.values())) if len(table) >= 2 else set()
     rows = []
     for held_out in sorted(table):

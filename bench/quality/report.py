@@ -331,8 +331,9 @@ def render(records: list[dict], notes: str = "", figures: dict[str, list[Path]] 
         figure_lines = ["Figures of each dataset's best row (copied into docs/figures/quality/ by --report):\n",
                         *figure_lines, ""]
     cap_figure = docs_dir / CAP_FIGURE
-    cap = cap_lines(cap_rows(records), cap_figure.relative_to(docs_dir).as_posix() if cap_figure.is_file() else "")
-    loso = leave_one_set_out_lines(leave_one_set_out(records, SOFT_SIMILARITY_WEIGHT))
+    cap_link = cap_figure.relative_to(docs_dir).as_posix() if cap_figure.is_file() else ""
+    cap = cap_lines(cap_rows(records, SOFT_SIMILARITY_WEIGHT), cap_link)
+    loso = leave_one_set_out_lines(leave_one_set_out(records))
     cap += (["## The soft prefilter's weight\n"] if loso and not cap else []) + loso
     parts = [PREAMBLE.format(count=len(records), created=now()), *best_vs_seeds(by_dataset), *figure_lines, *cap,
              NOTES_BEGIN, notes.strip() or "(no notes yet)", NOTES_END, "", *training_runs(records),
@@ -390,7 +391,7 @@ def write_report(results_root: Path, docs_path: Path = DEFAULT_DOCS) -> Path:
     for record in records:
         by_dataset[record["dataset"]["name"]].append(record)
     figures = copy_best_figures(by_dataset, docs_path.parent)
-    plot_cap(cap_rows(records), docs_path.parent / CAP_FIGURE)
+    plot_cap(cap_rows(records, SOFT_SIMILARITY_WEIGHT), docs_path.parent / CAP_FIGURE)
     docs_path.write_text(render(records, kept_notes(docs_path), figures, docs_path.parent))
     return docs_path
 

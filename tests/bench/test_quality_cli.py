@@ -9,6 +9,7 @@ import pytest
 from cbmir.bench.quality.commands import configs, dataset_spec
 from cbmir.bench.quality.config import EvalConfig, collection_name
 from cbmir.cli import build_parser
+from cbmir.services.query.soft_prefilter import SOFT_SIMILARITY_WEIGHT
 
 
 def _args(*argv: str):  # noqa: ANN202
@@ -46,7 +47,8 @@ def test_soft_prefilter_and_query_expansion_are_configurations_of_their_own() ->
     assert [(c.prefilter, c.query_expansion) for c in grid] == [("predicted", 0), ("predicted", 5), ("soft", 0),
                                                                 ("soft", 5)]
     soft_qe = replace(grid[3], loss="ce")
-    assert soft_qe.name("a-1234abcd").endswith("-prefilter-soft-qe5")
+    assert soft_qe.soft_weight == SOFT_SIMILARITY_WEIGHT  # the default, named: a record says what it ran with
+    assert soft_qe.name("a-1234abcd").endswith(f"-prefilter-soft-w{SOFT_SIMILARITY_WEIGHT:g}-qe5")
     assert soft_qe.method_label() == "S3 +soft prefilter +αQE5"
     assert EvalConfig(query_expansion=3).method_label() == "S1 +αQE3"
     with pytest.raises(ValueError, match="query_expansion"):

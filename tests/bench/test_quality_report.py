@@ -13,6 +13,7 @@ from cbmir.bench.quality.prefilter_cap import cap_rows
 from cbmir.bench.quality.record import SCHEMA
 from cbmir.bench.quality.report import NOTES_BEGIN, NOTES_END, best_vs_seeds, seed_method, write_report
 from cbmir.bench.quality.runner import _loss_of, weights_label
+from cbmir.services.query.soft_prefilter import SOFT_SIMILARITY_WEIGHT
 
 
 def _record(dataset: str, method: str, name: str, mean: float, low: float, high: float) -> dict:
@@ -138,7 +139,8 @@ def test_the_prefilter_cap_table_pairs_hard_and_soft_and_survives_the_archive(tm
     def prefilter_record(mode: str, name: str, per_query_map: list[float]) -> dict:
         r = _record("brain-mri", "S3 +prefilter" if mode == "predicted" else "S3 +soft prefilter", name,
                     float(np.mean(per_query_map)), 0.5, 0.99)
-        r["config"].update(weights="runs/x/best.pt", prefilter=mode)
+        r["config"].update(weights="runs/x/best.pt", prefilter=mode,
+                           soft_weight=SOFT_SIMILARITY_WEIGHT if mode == "soft" else None)
         r["per_query"] = {"query": queries, "label": labels, "predicted_class": predicted, "mAP@10": per_query_map,
                           "P@10": per_query_map, "top10_sources": [[]] * 4}
         return r
@@ -148,7 +150,7 @@ def test_the_prefilter_cap_table_pairs_hard_and_soft_and_survives_the_archive(tm
     unpaired = {**prefilter_record("soft", "lonely", [1.0] * 4)}
     unpaired["config"] = {**unpaired["config"], "weights": "runs/other/best.pt"}
 
-    (row,) = cap_rows([hard, soft, unpaired])
+    (row,) = cap_rows([hard, soft, unpaired], soft_weight=SOFT_SIMILARITY_WEIGHT)
     assert (row["accuracy"], row["wrong"]) == (0.75, 1)
     assert (row["hard"]["wrong"], row["soft"]["wrong"]) == (0.0, 0.4)
     assert row["hard"]["right"] == 1.0 and abs(row["soft"]["right"] - 2.9 / 3) < 1e-12
@@ -172,10 +174,10 @@ def test_the_soft_weight_is_chosen_on_the_other_sets_never_on_the_one_it_is_repo
     for dataset, by_weight in scores.items():
         for weight, value in by_weight.items():
             r = _record(dataset, "S3 +soft prefilter", f"{dataset}-{weight}", value, value - 0.05, value + 0.05)
-            r["config"].update(prefilter="soft", soft_weight=None if weight == 1.0 else weight)
+            r["config"].update(prefilter="soft", soft_weight=weight)
             records.append(r)
 
-    rows = {r["dataset"]: r for r in leave_one_set_out(records, default_weight=1.0)}
+    rows = {r["dataset"]: r for r in leave_one_set_out(records)}
 
     assert set(rows["a"]["by_weight"]) == {0.5, 1.0}  # 2.0 was not run on every set: it does not compete
     assert rows["a"]["chosen_weight"] == 0.5 and rows["a"]["map10"] == 0.80  # on b, c: 0.75 vs 0.575

@@ -41,8 +41,8 @@ def test_plausible_classes_keep_the_predicted_one_and_those_over_the_floor() -> 
 def test_fuse_lets_the_closest_images_of_an_unsure_runner_up_in_and_keeps_a_sure_class_first() -> None:
     hits = {"a": [_hit("a1", 0.70, "a"), _hit("a2", 0.60, "a")], "b": [_hit("b1", 0.95, "b"), _hit("b2", 0.61, "b")]}
 
-    unsure = [h.id for h in fuse(hits, {"a": 0.55, "b": 0.45})]
-    sure = [h.id for h in fuse(hits, {"a": 0.95, "b": 0.05})]
+    unsure = [h.id for h in fuse(hits, {"a": 0.55, "b": 0.45}, weight=1.0)]
+    sure = [h.id for h in fuse(hits, {"a": 0.95, "b": 0.05}, weight=1.0)]
 
     assert unsure == ["b1", "a1", "a2", "b2"]  # b1 is by far the closest: it leads although "a" is predicted
     assert sure == ["a1", "b1", "a2", "b2"]   # a confident "a" outweighs all but b1's whole similarity range
@@ -96,7 +96,7 @@ def test_an_unsure_prediction_searches_both_classes_where_the_hard_prefilter_sea
     engines, _, images = served
     image = images[0].read_bytes()
 
-    soft = engines["unsure"].search(SearchQuery(image=image, top_k=20, prefilter=Prefilter.SOFT))
+    soft = engines["unsure"].search(SearchQuery(image=image, top_k=20, prefilter=Prefilter.SOFT, soft_weight=1.0))
     hard = engines["unsure"].search(SearchQuery(image=image, top_k=20, prefilter=Prefilter.PREDICTED))
 
     assert _labels(hard) == {"malignant"}
