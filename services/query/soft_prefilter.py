@@ -15,11 +15,12 @@ top_k: each class offers at least SOFT_REFERENCE_RANK candidates, so a shorter l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cbmir.services.store import Hit
-from cbmir.services.store.schema import LABEL
+if TYPE_CHECKING:  # the store's modules import pymilvus; `cbmir eval`'s parser reads the constants below
+    from cbmir.services.store import Hit
 
 # Classes under this probability are not searched: a class that unlikely has its images ranked under the whole
 # top 10 of a likelier one anyway, unless the weight below is over ~1.
@@ -52,6 +53,8 @@ def fuse(hits_per_class: Mapping[str, Sequence[Hit]], probability_of: Mapping[st
 
     Each class's list must hold its best `reference_rank` hits (or all it has) for the scale to be the same
     whatever the length of the lists."""
+    from cbmir.services.store.schema import LABEL
+
     candidates: dict[str, Hit] = {}
     for hits in hits_per_class.values():
         for hit in hits:
