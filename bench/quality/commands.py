@@ -52,9 +52,11 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--metric", nargs="+", default=["COSINE"], choices=["COSINE", "L2", "IP"])
     parser.add_argument("--index", nargs="+", default=["HNSW", "FLAT"], choices=["HNSW", "IVF_FLAT", "IVF_SQ8", "FLAT"],
                         help="index types; FLAT is exact search, kept beside an ANN index (default HNSW FLAT)")
-    parser.add_argument("--prefilter", nargs="+", default=["off"], choices=PREFILTERS,
+    parser.add_argument("--prefilter", nargs="+", default=None, choices=PREFILTERS,
                         help="'predicted' restricts each search to the class the model's head predicts; 'soft' "
-                             "searches every plausible class and ranks hits by p(label) + similarity")
+                             "searches every plausible class and ranks hits by p(label) + similarity (default: "
+                             "'off soft' for a trained model, the recipe of docs/quality.md beside the plain "
+                             "search; 'off' for ImageNet features, which have no head)")
     parser.add_argument("--rerank", default="", choices=["", HOG], help="re-rank the CNN's k_prep hits by HOG L1")
     parser.add_argument("--k-prep", type=int, default=10, help="candidates to re-rank (default %(default)s)")
     parser.add_argument("--tta", action="store_true",
@@ -111,10 +113,12 @@ def configs(args: argparse.Namespace) -> list[EvalConfig]:
         return [EvalConfig(backbone=HOG, method=args.method)]
     if args.cross_fit and args.weights:
         raise SystemExit("cbmir eval: pass --weights (one model) or --cross-fit (one model per fold), not both")
+    trained = bool(args.weights or args.cross_fit)
+    prefilters = args.prefilter or (["off", "soft"] if trained else ["off"])
     return [EvalConfig(backbone=args.backbone, weights=args.weights, metric=metric, index=index, prefilter=prefilter,
                        rerank=args.rerank, k_prep=args.k_prep, method=args.method, cross_fit=args.cross_fit,
                        tta=args.tta, query_expansion=qe, soft_weight=weight if prefilter == "soft" else None)
-            for metric, index, prefilter, qe in itertools.product(args.metric, args.index, args.prefilter,
+            for metric, index, prefilter, qe in itertools.product(args.metric, args.index, prefilters,
                                                                   args.query_expansion)
             for weight in (args.soft_weight if prefilter == "soft" else [None])]
 

@@ -61,6 +61,15 @@ def test_soft_prefilter_and_query_expansion_are_configurations_of_their_own() ->
         EvalConfig(soft_weight=0.5)
 
 
+def test_a_trained_model_is_scored_with_the_recipe_s_soft_prefilter_by_default() -> None:
+    trained = configs(_args("brain-mri", "--weights", "runs/a/best.pt", "--index", "FLAT"))
+    assert [(c.prefilter, c.soft_weight) for c in trained] == [("off", None), ("soft", SOFT_SIMILARITY_WEIGHT)]
+    imagenet = configs(_args("brain-mri", "--index", "FLAT"))
+    assert [c.prefilter for c in imagenet] == ["off"]
+    assert [c.prefilter for c in configs(_args("brain-mri", "--weights", "w.pt", "--prefilter", "predicted"))] == \
+        ["predicted", "predicted"]  # HNSW and FLAT
+
+
 def test_medmnist_presets_index_the_train_split_of_the_shared_sets() -> None:
     for name in ("breastmnist", "pneumoniamnist"):
         spec = dataset_spec(_args(name))
