@@ -144,7 +144,10 @@ def test_pulling_again_fetches_nothing_and_adds_no_rows(pulled) -> None:
     db, first, again = pulled
     assert again["ingested"] == 0
     assert again["skipped_present"] == first["ingested"]
-    assert again["stage_seconds"]["decode"] < first["stage_seconds"]["decode"]
+    # Stored instances are skipped from the listing's SOP UID (reader: STATUS_PRESENT before any fetch); only the
+    # ones that could not be stored (the SR without pixels) are fetched and fail again. (A decode-seconds
+    # comparison stood here: a timing, flaky on a loaded machine, 0.62 vs 0.26 s once.)
+    assert (again["read"], again["failed"]) == (first["read"], first["failed"])
     assert len(_stored_ids(db)) == first["ingested"]
 
 
