@@ -67,7 +67,7 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                              "several configurations (default 0: off)")
     parser.add_argument("--soft-weight", type=float, nargs="+", default=[None], metavar="W",
                         help="--prefilter soft: the similarity's weight beside p(label), several values are several "
-                             "configurations (default: the engine's, 1.0)")
+                             "configurations (default: the engine's SOFT_SIMILARITY_WEIGHT, 0.25)")
     parser.add_argument("--method", default="", help="label for the table (default: derived, e.g. S1, S4 HOG)")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS),
                         help="k values (default 1 5 10 20 50 100)")

@@ -7,7 +7,7 @@ and drops them. Patients come from the manifest, never from Milvus.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -57,6 +57,10 @@ class IndexView:
         self.label_counts = Counter(e.label for e in self.entries)
         self.group_counts = Counter(e.group for e in self.entries)
         self.group_label_counts = Counter((e.group, e.label) for e in self.entries)
+        by_group: dict[str, list[str]] = defaultdict(list)
+        for e in self.entries:
+            by_group[e.group].append(e.id)
+        self.ids_by_group = {group: tuple(ids) for group, ids in by_group.items()}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -71,7 +75,7 @@ class IndexView:
 
     def ids_of_patient(self, query: Query) -> tuple[str, ...]:
         """The index images of the query's patient (itself included, when it is one): never to be returned."""
-        return tuple(e.id for e in self.entries if e.group == query.group)
+        return self.ids_by_group.get(query.group, ())
 
     def keep(self, query: Query, hit_ids: Sequence[str], depth: int) -> list[str]:
         """The first `depth` hits not of the query's patient."""

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 BY_VECTOR = "vector"  # split protocol, plain search: the query embedded once (same decode + model code), cached
 BY_ID = "id"  # leave-one-patient-out: the stored vector of the query image
 BY_IMAGE = "image"  # re-ranking or a predicted-class prefilter need the image itself (or a stored id)
-PREFILTER_OF = {"predicted": Prefilter.PREDICTED, "soft": Prefilter.SOFT}
 
 _QUERY_FIELDS = {f.name for f in fields(SearchQuery)}
 
@@ -37,7 +36,7 @@ def engine_supports(config: EvalConfig, engine: RetrievalEngine) -> str:
     """Empty when the engine can run `config`, else why not (the configuration is then skipped and reported)."""
     if config.rerank and not {"rerank", "k_prep"} <= _QUERY_FIELDS:
         return "this checkout's SearchQuery has no rerank/k_prep (the engine's re-ranking has not landed)"
-    if config.prefilter in PREFILTER_OF and not getattr(engine, "classes", None):
+    if config.prefilter in (Prefilter.PREDICTED.value, Prefilter.SOFT.value) and not getattr(engine, "classes", None):
         return (f"prefilter {config.prefilter!r} needs a model with a classifier head: pass --weights with a "
                 "`cbmir train` checkpoint")
     return ""
@@ -59,8 +58,7 @@ def _search_query(config: EvalConfig, query: Query, mode: str, top_k: int, vecto
     kwargs["exclude_ids"] = exclude_ids
     kwargs["query_expansion"] = config.query_expansion
     kwargs["soft_weight"] = config.soft_weight
-    if config.prefilter in PREFILTER_OF:
-        kwargs["prefilter"] = PREFILTER_OF[config.prefilter]
+    kwargs["prefilter"] = Prefilter(config.prefilter)  # eval's names are the engine's ("off", "predicted", "soft")
     if rerank:
         kwargs.update(rerank=config.rerank, k_prep=k_prep)
     return SearchQuery(**kwargs)  # type: ignore[arg-type]

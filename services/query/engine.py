@@ -361,8 +361,7 @@ class RetrievalEngine:
         # No labelled row in any plausible class: what the whole collection holds beats nothing.
         result.prefilter_applied = False
         result.prefilter_note = "soft: no labelled image in the plausible classes: searched everything"
-        return self._call_store(self.store.search, collection, vector[None, :], wanted, filters,
-                                exclude_ids=exclude, output_fields=fields)[0]
+        return self._search_hits(collection, vector, wanted, filters, exclude, fields, None, result)
 
     def _expanded(self, collection: str, vector: np.ndarray, neighbours: list[Hit]) -> np.ndarray:
         """The αQE query from the stored vectors of the first hits, closest first."""
