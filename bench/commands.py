@@ -21,6 +21,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(float(x)) for x in text.split(",") if x)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -40,12 +47,15 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
         seed=args.seed, workdir=str(out_dir / "work"), server_uri=args.server_uri,
         server_settings=parse_settings(args.server_setting), reuse=args.reuse, partitions=args.partitions,
         faiss_cache=str(Path(args.out) / "faiss-index") if args.reuse else "",
+        filter_sweep=args.filter_sweep, passes=args.passes,
     )
     record = {"machine": run_record.machine(), "versions": run_record.versions()}
     print(f"cbmir bench search -> {out_dir}  sizes={list(sizes)} engines={list(config.engines)} "
           f"indexes={list(config.index_types)} vectors={config.vectors} dim={config.dim}", flush=True)
     record.update(run(config, progress=lambda line: print(line, flush=True)))
     record["machine"]["load_average_after"] = run_record.machine()["load_average"]
+    record["cheapest_at_recall"] = {"recall": args.target_recall,
+                                    "rows": report.cheapest_at_recall(record, args.target_recall)}
     json_path = report.write_json(record, out_dir)
     pngs = report.plots(record, out_dir)
     if not args.keep_work:
@@ -56,6 +66,8 @@ def cmd_bench_search(args: argparse.Namespace) -> int:
     print(report.table(record))
     print()
     print(report.sweep_table(record))
+    print()
+    print(report.cheapest_table(record, args.target_recall))
     for line in record["skipped"]:
         print(f"note: {line}")
     for line in record["errors"]:
@@ -303,6 +315,16 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--clients", type=_ints, default=(1, 4, 16), help="concurrent clients for QPS")
     search.add_argument("--qps-seconds", type=float, default=2.0, help="seconds per QPS level (default %(default)s)")
     search.add_argument("--no-filter", action="store_true", help="skip the label-filtered searches")
+    search.add_argument("--filter-sweep", action="store_true",
+                        help="time the label-filtered search at every ef / nprobe of the sweep, not only the "
+                             "default: a filter may reach the recall at another setting than the plain search")
+    search.add_argument("--passes", type=_positive_int, default=1,
+                        help="time each setting's queries this many times over (recall from the first pass): "
+                             "a p99 of 200 queries is their 2nd-worst; 5 passes make it the 10th of 1000 "
+                             "(default %(default)s)")
+    search.add_argument("--target-recall", type=float, default=0.95,
+                        help="the last table names, per engine and filter, the fastest setting reaching this "
+                             "recall@10 (default %(default)s)")
     search.add_argument("--lite-max-rows", type=int, default=100_000,
                         help="largest N run on Milvus Lite (its search is O(N) in Python; default %(default)s)")
     search.add_argument("--server-uri", default="", help="benchmark this Milvus server instead of starting one")

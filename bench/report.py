@@ -16,7 +16,8 @@ def write_json(record: dict[str, Any], out_dir: Path) -> Path:
 def table(record: dict[str, Any]) -> str:
     """One row per (engine, N, index) at its default search parameters, unfiltered and with the label filter."""
     builds = {(b["engine"], b["n"], b["index_type"]): b for b in record["builds"]}
-    defaults = [m for m in record["measurements"] if m["qps"] or m["filtered"]]
+    # Records before the filtered sweep held one filtered row per index, at its default parameters.
+    defaults = [m for m in record["measurements"] if m["qps"] or (m["filtered"] and m.get("default_params", True))]
     header = (f"{'engine':7s} {'N':>8s} {'index':9s} {'params':14s} {'filter':6s} {'recall@10':>9s} {'p50 ms':>7s} "
               f"{'p95 ms':>7s} {'p99 ms':>7s} {'QPS@1':>7s} {'QPS@4':>7s} {'QPS@16':>7s} {'insert/s':>9s} "
               f"{'build s':>8s}")
@@ -36,18 +37,50 @@ def table(record: dict[str, Any]) -> str:
 
 
 def sweep_table(record: dict[str, Any]) -> str:
-    """Every search parameter tried (unfiltered): the recall/latency trade-off the defaults were picked from,
-    with each build's segment count (a server searches every segment)."""
+    """Every search parameter tried: the recall/latency trade-off the defaults were picked from, with each build's
+    segment count (a server searches every segment); label-filtered rows too where the run swept them."""
     builds = {(b["engine"], b["n"], b["index_type"]): b for b in record["builds"]}
-    header = (f"{'engine':7s} {'N':>8s} {'index':9s} {'params':14s} {'recall@10':>9s} {'p50 ms':>7s} {'p99 ms':>7s} "
-              f"{'segments':>8s}")
+    header = (f"{'engine':7s} {'N':>8s} {'index':9s} {'params':14s} {'filter':6s} {'recall@10':>9s} {'p50 ms':>7s} "
+              f"{'p99 ms':>7s} {'segments':>8s}")
     lines = [header, "-" * len(header)]
-    for m in sorted((m for m in record["measurements"] if not m["filtered"]),
-                    key=lambda m: (m["n"], m["index_type"], m["engine"], sorted(m["search_params"].items()))):
+    for m in sorted(record["measurements"], key=lambda m: (m["n"], m["index_type"], m["engine"], m["filtered"],
+                                                           sorted(m["search_params"].items()))):
         segments = (builds.get((m["engine"], m["n"], m["index_type"]), {}).get("segments") or {}).get("count", "-")
         params = ",".join(f"{k}={v}" for k, v in m["search_params"].items()) or "-"
-        lines.append(f"{m['engine']:7s} {m['n']:>8d} {m['index_type']:9s} {params:14s} {m['recall']:>9.3f} "
+        lines.append(f"{m['engine']:7s} {m['n']:>8d} {m['index_type']:9s} {params:14s} "
+                     f"{'label' if m['filtered'] else '-':6s} {m['recall']:>9.3f} "
                      f"{m['latency']['p50_ms']:>7.2f} {m['latency']['p99_ms']:>7.2f} {segments!s:>8s}")
+    return "\n".join(lines)
+
+
+def cheapest_at_recall(record: dict[str, Any], recall: float = 0.95) -> list[dict[str, Any]]:
+    """Per (engine, N, index, filter): the setting with the lowest p50 among those reaching `recall`, or the most
+    accurate one tried (marked reached=False) where none does."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for m in record["measurements"]:
+        groups.setdefault((m["engine"], m["n"], m["index_type"], m["filtered"]), []).append(m)
+    rows = []
+    for (engine, n, index_type, filtered), ms in sorted(groups.items()):
+        reaching = [m for m in ms if m["recall"] >= recall]
+        best = (min(reaching, key=lambda m: m["latency"]["p50_ms"]) if reaching
+                else max(ms, key=lambda m: m["recall"]))
+        rows.append({"engine": engine, "n": n, "index_type": index_type, "filtered": filtered,
+                     "search_params": best["search_params"], "recall": best["recall"], "reached": bool(reaching),
+                     "p50_ms": best["latency"]["p50_ms"], "p99_ms": best["latency"]["p99_ms"],
+                     "calls": best["latency"].get("n")})
+    return rows
+
+
+def cheapest_table(record: dict[str, Any], recall: float = 0.95) -> str:
+    header = (f"{'engine':7s} {'N':>8s} {'index':9s} {'filter':6s} {'params':14s} {'recall@10':>9s} {'p50 ms':>7s} "
+              f"{'p99 ms':>7s} {'calls':>6s}")
+    lines = [f"cheapest setting with recall@10 >= {recall} (* = none reached it: the most accurate one tried)",
+             header, "-" * len(header)]
+    for r in cheapest_at_recall(record, recall):
+        params = ",".join(f"{k}={v}" for k, v in r["search_params"].items()) or "-"
+        lines.append(f"{r['engine']:7s} {r['n']:>8d} {r['index_type']:9s} {'label' if r['filtered'] else '-':6s} "
+                     f"{params + ('' if r['reached'] else '*'):14s} {r['recall']:>9.3f} {r['p50_ms']:>7.2f} "
+                     f"{r['p99_ms']:>7.2f} {r['calls'] if r['calls'] is not None else '-'!s:>6s}")
     return "\n".join(lines)
 
 

@@ -133,3 +133,36 @@ def test_faiss_index_size_is_its_serialised_size_with_or_without_a_cache(tmp_pat
         assert engine.memory_bytes() == len(faiss.serialize_index(engine.index)) > 600 * 16 * 4
     engine.drop_index()
     assert engine.memory_bytes() == 0
+
+
+def test_filter_sweep_and_passes_name_the_cheapest_setting_at_the_recall(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "search", "--sizes", "3000", "--dim", "32", "--engines", "faiss", "--index-types", "HNSW",
+                 "--queries", "30", "--budget", "5", "--clients", "1", "--qps-seconds", "0.1", "--filter-sweep",
+                 "--passes", "3", "--target-recall", "0.9", "--out", str(tmp_path)])
+    assert code == 0
+    (run_dir,) = tmp_path.iterdir()
+    record = json.loads((run_dir / "search.json").read_text())
+    filtered = [m for m in record["measurements"] if m["filtered"]]
+    plain = [m for m in record["measurements"] if not m["filtered"]]
+    # The filtered search is timed at every ef of the sweep, each setting over 3 passes of the 30 queries.
+    assert [m["search_params"]["ef"] for m in filtered] == [m["search_params"]["ef"] for m in plain]
+    assert all(m["latency"]["n"] == 90 for m in record["measurements"])
+    assert sum(m["default_params"] for m in filtered) == sum(m["default_params"] for m in plain) == 1
+    rows = {r["filtered"]: r for r in record["cheapest_at_recall"]["rows"]}
+    for is_filtered, ms in ((False, plain), (True, filtered)):
+        reaching = [m for m in ms if m["recall"] >= 0.9]
+        assert rows[is_filtered]["reached"] == bool(reaching)
+        if reaching:  # the lowest p50 among the settings that reach the recall
+            assert rows[is_filtered]["p50_ms"] == min(m["latency"]["p50_ms"] for m in reaching)
+    out = capsys.readouterr().out
+    assert "cheapest setting with recall@10 >= 0.9" in out
+    # The summary table keeps one filtered row (the default), the sweep table shows them all.
+    summary = out.split("\n\n")[1]
+    assert sum(" label " in line for line in summary.splitlines()) == 1
+
+
+def test_passes_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "search", "--passes", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
