@@ -375,7 +375,16 @@ def _model_options(config: IngestConfig, plan: ResourcePlan) -> dict[str, Any]:
 
 
 def probe_model(config: IngestConfig, plan: ResourcePlan) -> ModelDescription:
-    """The actors' model identity, from one task with an actor's resources (so on an actor's kind of node)."""
+    """The actors' model identity (dim, input size, model id), where the actors will run.
+
+    On a local Ray with CPU actors that is this machine: the driver loads the model once itself (torch is imported
+    here already), where a task would start a worker process and import torch again only to describe it (~3 core-s
+    of a run's start-up, docs/benchmarks.md "Where the CPU goes"). On a cluster, or for GPU actors (a CUDA context
+    in the driver would stay for the whole run), one task with an actor's resources describes it on an actor's node.
+    """
+    if config.ray_address is None and config.device == "cpu":
+        # No num_threads: describing runs no forward pass, and the driver keeps its own torch thread count.
+        return describe_model(**{**_model_options(config, plan), "num_threads": None})
     options: dict[str, Any] = {"num_cpus": plan.actor_cpus}
     if plan.actor_gpus:
         options["num_gpus"] = plan.actor_gpus

@@ -66,3 +66,23 @@ def test_ray_s_own_reservation_switch_set_by_the_user_wins(ray_local: None, monk
     monkeypatch.setattr(context, "op_resource_reservation_enabled", True)
     with ray_session():
         assert context.op_resource_reservation_enabled is True
+
+
+def test_a_local_run_describes_the_model_in_the_driver_as_an_actor_would(ray_local: None) -> None:
+    import ray
+    import torch
+
+    from cbmir.ingestion import IngestConfig
+    from cbmir.ingestion.embedder import describe_model
+    from cbmir.ingestion.pipeline import _model_options, probe_model
+
+    config = IngestConfig(source="x", backbone="efficientnet_lite0")
+    plan = plan_resources(2, 2, "cpu", 1.0)  # an actor's torch pool of 1 thread: not the driver's
+    threads = torch.get_num_threads()
+    assert plan.torch_threads != threads
+    in_driver = probe_model(config, plan)
+    # The same description a worker computes (a cluster's path), and the driver's torch threads left alone.
+    in_worker = ray.get(ray.remote(describe_model).options(num_cpus=plan.actor_cpus).remote(
+        **_model_options(config, plan)))
+    assert in_driver == in_worker
+    assert torch.get_num_threads() == threads
