@@ -297,6 +297,9 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
                    "read_cpus": report.ray_plan.get("read_cpus"), "ray_plan": dict(report.ray_plan),
                    "end_to_end_img_s": report.images_per_second, "pipeline_img_s": pipeline_rate,
                    "steady_img_s": report.steady_images_per_second, "bare_model_img_s": bare,
+                   "first_batch_s": report.first_batch_seconds,
+                   # The per-image rate a long run settles at, against the same limit (start-up left out).
+                   "steady_ratio_to_limit": report.steady_images_per_second / limit if limit else 0.0,
                    "ratio_pipeline_to_bare": pipeline_rate / bare if bare else 0.0,
                    "bare_decode_img_s": bare_decode, "limit_img_s": limit,
                    "limit_basis": "decode on the CPUs, model on the GPU: min(bare_decode, bare_model)" if gpu else
@@ -337,6 +340,9 @@ def ingest_table(record: dict[str, Any]) -> str:
             per_image = ", ".join(f"{role} {ms}" for role, ms in r["cpu_ms_per_image"].items())
             lines.append(f"{'':6s} CPU ms per image (start-up included): {per_image}; cores busy "
                          f"{100 * r['cpu_busy_fraction']:.0f}% of {r['cpu_wall_seconds']:.0f} s")
+        if r.get("steady_img_s"):
+            lines.append(f"{'':6s} first batch back {r.get('first_batch_s', 0):.1f} s after the first read; then "
+                         f"{r['steady_img_s']:.1f} img/s = {r.get('steady_ratio_to_limit', 0):.2f}x the limit")
         if r.get("device", "cpu") != "cpu":
             bare_gpu, pipe_gpu = r["bare_gpu"], r["pipeline_gpu"]
             lines.append(f"{'':6s} GPU utilisation %: bare model mean {bare_gpu['gpu_util_mean']} max "

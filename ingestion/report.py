@@ -27,7 +27,8 @@ class IngestReport:
     duplicates: list[dict[str, str]] = field(default_factory=list)  # {source, duplicate_of}
     seconds: float = 0.0
     images_per_second: float = 0.0  # read / seconds: end to end, Ray start-up and model loading included
-    pipeline_seconds: float = 0.0  # Ray start to last write
+    pipeline_seconds: float = 0.0  # first read to last write (Ray's start and the model description are before)
+    first_batch_seconds: float = 0.0  # first read to the first embedded batch back: actor start-up, first decodes
     steady_images_per_second: float = 0.0  # after the first batch came back: the rate a long run settles at
     # Summed per-batch worker time of each stage (not wall time: stages overlap and run in parallel).
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "embed": 0.0, "write": 0.0})

@@ -121,6 +121,8 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_second = round(report.read / report.seconds, 2) if report.seconds else 0.0
     report.pipeline_seconds = round(finished - pipeline_started, 3)
+    if tally.first_batch_at is not None:
+        report.first_batch_seconds = round(tally.first_batch_at - pipeline_started, 3)
     if tally.first_batch_at is not None and finished > tally.first_batch_at:
         # Excludes Ray start-up and model loading: the rate a long run settles at.
         report.steady_images_per_second = round(tally.after_first / (finished - tally.first_batch_at), 2)

@@ -61,7 +61,11 @@ def test_ingest_bench_puts_the_pipeline_beside_the_limit_of_decode_plus_model(ra
     assert run["limit_img_s"] == pytest.approx(1 / (1 / run["bare_decode_img_s"] + 1 / run["bare_model_img_s"]))
     assert run["limit_img_s"] < min(run["bare_decode_img_s"], run["bare_model_img_s"])
     assert run["ratio_to_limit"] == pytest.approx(run["pipeline_img_s"] / run["limit_img_s"])
+    # Start-up inside the pipeline (first batch back) and the rate after it, against the same limit.
+    assert 0 < run["first_batch_s"] < 16 / run["pipeline_img_s"]
+    assert run["steady_ratio_to_limit"] == pytest.approx(run["steady_img_s"] / run["limit_img_s"])
     table = ingest_table(record)
+    assert "first batch back" in table
     assert "bare decode" in table and "to limit" in table and ingest_plot(record, tmp_path).exists()
     # Where the CPU went: the embedding actor is a process of its own for the whole run, the driver wrote the rows.
     assert run["cpu_seconds"]["embed"] > 0 and run["cpu_seconds"]["driver"] > 0
