@@ -21,6 +21,13 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(float(x)) for x in text.split(",") if x)
 
 
+def _size(text: str) -> int:
+    value = int(float(text))  # 1e6 as well as 1000000
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -150,6 +157,29 @@ def cmd_bench_server_breakdown(args: argparse.Namespace) -> int:
     json_path = out_dir / "server_breakdown.json"
     json_path.write_text(json.dumps(record, indent=2, default=float))
     print(f"\nwrote {json_path} and {len(record['runs'])} PNG(s) beside it")
+    return 0
+
+
+def cmd_bench_tail(args: argparse.Namespace) -> int:
+    """Serial searches of an existing server collection: the client's tail beside the server's own histograms."""
+    from cbmir.bench import run_record, tail_latency
+    from cbmir.bench.engines import label_name
+    from cbmir.bench.search import SearchBenchConfig, dataset
+
+    out_dir = _out_dir(args.out)
+    size = args.size
+    # The queries of `bench search` for this size: never in the collection, same generator and seed.
+    _, _, queries, query_labels = dataset(SearchBenchConfig(dim=args.dim, queries=args.queries, seed=args.seed), size)
+    labels = [label_name(c) for c in query_labels] if args.filter else None
+    config = tail_latency.TailConfig(server_uri=args.server_uri, collection=args.collection or f"bench_{size}",
+                                     queries=queries, labels=labels, ef=args.ef, passes=args.passes,
+                                     metrics_url=args.metrics_url)
+    record = {"machine": run_record.machine(), "versions": run_record.versions(), **tail_latency.run(config)}
+    record["machine"]["load_average_after"] = run_record.machine()["load_average"]
+    json_path = out_dir / "tail.json"
+    json_path.write_text(json.dumps(record, indent=2, default=float))
+    print(tail_latency.table(record))
+    print(f"\nwrote {json_path}")
     return 0
 
 
@@ -360,6 +390,28 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     _add_out_flag(breakdown)
     add_logging_flags(breakdown, "WARNING")
     breakdown.set_defaults(func=cmd_bench_server_breakdown)
+
+    tail = bench_sub.add_parser(
+        "tail", help="where a Milvus server's slow searches come from: the client's tail beside the server's",
+        description="Time --passes x --queries serial searches of an existing collection (the vectors of `bench "
+                    "search --sizes N`, e.g. kept with --reuse), then print how many calls the client saw over "
+                    "1, 2, 4 ... 64 ms beside what the server's proxy and query node histograms saw over the same "
+                    "bounds, and whether the slow calls are a few hard queries or scattered over many "
+                    "(interference).")
+    tail.add_argument("--server-uri", required=True, help="the Milvus server (http://127.0.0.1:PORT)")
+    tail.add_argument("--metrics-url", default="",
+                      help="its Prometheus /metrics (cbmir milvus-server: http://127.0.0.1:HEALTHZ_PORT/metrics)")
+    tail.add_argument("--size", type=_size, required=True, help="N of the `bench search` collection (e.g. 1e6)")
+    tail.add_argument("--collection", default="", help="default bench_<N> (bench search --partitions 1: bench_<N>_p1)")
+    tail.add_argument("--dim", type=int, default=1024)
+    tail.add_argument("--seed", type=int, default=0)
+    tail.add_argument("--queries", type=int, default=200, help="as bench search's --queries (default %(default)s)")
+    tail.add_argument("--ef", type=int, default=96, help="HNSW ef (default %(default)s)")
+    tail.add_argument("--passes", type=_positive_int, default=10, help="times over the queries (default %(default)s)")
+    tail.add_argument("--filter", action="store_true", help="each query filtered to its own label")
+    _add_out_flag(tail)
+    add_logging_flags(tail, "WARNING")
+    tail.set_defaults(func=cmd_bench_tail)
 
     vec = bench_sub.add_parser("vectors", help="embed real images and compare their statistics with synthetic ones")
     vec.add_argument("--images", default="../shared/data/brain-mri", help="folder with labels.csv (image,label)")

@@ -227,8 +227,9 @@ class MilvusEngine:
             self.config = config
             return time.perf_counter() - started
         self.client.release_collection(self.collection)
-        for name in self.client.list_indexes(self.collection):
-            self.client.drop_index(self.collection, name)
+        # Only the vector index is replaced: the filter fields' scalar indexes (a server's) stay.
+        if store_schema.EMBEDDING in self.client.list_indexes(self.collection):
+            self.client.drop_index(self.collection, store_schema.EMBEDDING)
         params = self.client.prepare_index_params()
         params.add_index(field_name=store_schema.EMBEDDING, index_type=config.index_type, metric_type=config.metric,
                          params=config.build_params)

@@ -222,6 +222,8 @@ def _create_like(target: MilvusStore, name: str, described: dict[str, Any], inde
     index_params = target.client.prepare_index_params()
     index_params.add_index(field_name=index["field_name"], index_type=index["index_type"],
                            metric_type=index["metric_type"], params=index["params"])
+    target.add_filter_indexes(index_params, fields=[f["name"] for f in described["fields"]
+                                                    if f["type"] == DataType.VARCHAR])
     has_partition_key = any(f.get("is_partition_key") for f in described["fields"])
     extra = {"num_partitions": int(described["num_partitions"])} if has_partition_key and described.get(
         "num_partitions") else {}

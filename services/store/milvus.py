@@ -291,6 +291,7 @@ class MilvusStore:
             metric_type=index.metric,
             params=index.build_params,
         )
+        self.add_filter_indexes(index_params)
         self._call(
             self.client.create_collection,
             collection_name=name,
@@ -481,13 +482,34 @@ class MilvusStore:
             self._call(self.client.delete, name, filter=ids_expression(sorted(stale)))
         self._call(self.client.insert, name, rows)
 
-    def _upsert_misplaces_partition_key(self) -> bool:
+    def server_version(self) -> str:
+        """The Milvus server's version ("v2.3.5"), or "lite" for Milvus Lite; asked once per store."""
         if self._server_version is None:
             version = "lite"
             if is_server_uri(self.uri):
                 version = str(self._call(self.client.get_server_version))
             self._server_version = version
-        return self._server_version != "lite" and _version_tuple(self._server_version) < (2, 3, 10)
+        return self._server_version
+
+    def _upsert_misplaces_partition_key(self) -> bool:
+        version = self.server_version()
+        return version != "lite" and _version_tuple(version) < (2, 3, 10)
+
+    def add_filter_indexes(self, index_params: Any, fields: Sequence[str] = schema.FILTER_FIELDS) -> None:
+        """A scalar index on every filterable field, on a server (docs/benchmarks.md "Label filter at 10^6").
+
+        Without one, a filter such as `label == "dense"` is evaluated row by row over the whole VARCHAR column on
+        every search: ~3 ms per search at 10^6 rows on 2 cores, more than the HNSW search itself. Milvus 2.3 has a
+        Trie (marisa) index for VARCHAR; 2.4+ also INVERTED, its recommended one. Milvus Lite has neither Trie nor
+        the per-query cost worth indexing away (it scans in Python anyway), so it gets none.
+        """
+        version = self.server_version()
+        if version == "lite":
+            return
+        index_type = "INVERTED" if _version_tuple(version) >= (2, 4) else "Trie"
+        for name in schema.FILTER_FIELDS:
+            if name in fields:  # a collection made before a field existed (or migrated from elsewhere) lacks it
+                index_params.add_index(field_name=name, index_type=index_type)
 
     # -- re-ranking descriptors (a companion collection per descriptor kind) ---------------------------
 

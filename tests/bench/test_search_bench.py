@@ -166,3 +166,27 @@ def test_passes_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         main(["bench", "search", "--passes", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_tail_reads_the_clients_slow_calls_beside_the_servers_own(tmp_path: Path, milvus_server,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from cbmir.bench.search import SearchBenchConfig, run
+
+    # The collection `bench search --reuse` keeps, then 3 passes of its 20 queries, label-filtered.
+    run(SearchBenchConfig(sizes=(1500,), dim=16, engines=("server",), index_types=("HNSW",), queries=20,
+                          budget_s=0.2, clients=(1,), qps_seconds=0.1, with_filter=False, workdir=str(tmp_path / "w"),
+                          server_uri=milvus_server.uri, reuse=True), progress=lambda line: None)
+    metrics_url = milvus_server.healthz_url.replace("/healthz", "/metrics")
+    code = main(["bench", "tail", "--server-uri", milvus_server.uri, "--metrics-url", metrics_url, "--size", "1500",
+                 "--dim", "16", "--queries", "20", "--passes", "3", "--ef", "32", "--filter", "--out", str(tmp_path)])
+    assert code == 0
+    record = json.loads(next(tmp_path.glob("*/tail.json")).read_text())
+    assert record["client"]["n"] == record["client_calls_over_ms"]["calls"] == 60
+    assert record["config"]["filtered"] and 0 <= record["distinct_queries_among_slow_calls"] <= 20
+    # The server counted exactly these 60 searches, and no view has more slow calls at a higher bound.
+    for view in (record["client_calls_over_ms"], *record["server_calls_over_ms"].values()):
+        assert view["calls"] == 60
+        over = [view[f">{b}"] for b in (1, 2, 4, 8, 16, 32, 64)]
+        assert over == sorted(over, reverse=True) and over[0] <= 60
+    assert set(record["server_calls_over_ms"]) == {"proxy", "query_node"}
+    assert "server query_node" in capsys.readouterr().out
