@@ -141,4 +141,36 @@ def plots(record: dict[str, Any], out_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
-    return written
+    swept = filter_sweep_plot(record, out_dir / "filter_sweep.png")
+    return [*written, swept] if swept else written
+
+
+def filter_sweep_plot(record: dict[str, Any], path: Path, title: str = "") -> Path | None:
+    """p50 and p99 against recall@10, the label-filtered search beside the unfiltered one, per engine and index
+    (a run with --filter-sweep); None when the run timed the filter at one setting only."""
+    ms = record["measurements"]
+    if sum(m["filtered"] for m in ms) <= len({(m["engine"], m["n"], m["index_type"]) for m in ms}):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    groups = sorted({(m["engine"], m["n"], m["index_type"], m["filtered"]) for m in ms})
+    for i, (engine, n, index_type, filtered) in enumerate(groups):
+        curve = sorted((m["recall"], m["latency"]["p50_ms"], m["latency"]["p99_ms"]) for m in ms
+                       if (m["engine"], m["n"], m["index_type"], m["filtered"]) == (engine, n, index_type, filtered))
+        recall, p50, p99 = zip(*curve, strict=True)
+        label = f"{engine} N={n:,} {index_type} {'label ==' if filtered else 'unfiltered'}"
+        style = {"marker": "o" if filtered else "^", "linestyle": "-" if filtered else "--", "color": f"C{i}"}
+        axes[0].plot(recall, p50, label=label, **style)
+        axes[1].plot(recall, p99, label=label, **style)
+    for ax, what in zip(axes, ("p50", "p99"), strict=True):
+        ax.set(xlabel="recall@10", ylabel=f"{what} latency (ms), 1 client", title=f"{title} {what}".strip())
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -157,6 +157,7 @@ def test_filter_sweep_and_passes_name_the_cheapest_setting_at_the_recall(tmp_pat
             assert rows[is_filtered]["p50_ms"] == min(m["latency"]["p50_ms"] for m in reaching)
     out = capsys.readouterr().out
     assert "cheapest setting with recall@10 >= 0.9" in out
+    assert (run_dir / "filter_sweep.png").read_bytes()[:4] == b"\x89PNG"
     # The summary table keeps one filtered row (the default), the sweep table shows them all.
     summary = out.split("\n\n")[1]
     assert sum(" label " in line for line in summary.splitlines()) == 1
