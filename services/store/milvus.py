@@ -320,6 +320,7 @@ class MilvusStore:
         if self.has_collection(name):
             self.check_model(name, model_identity_json)
             self.check_id_salt(name, id_salt_digest)
+            self.add_missing_filter_indexes(name)
             self.load(name)
             return
         self.create_collection(name, model_identity_json, dim, index or choose_index(), id_salt_digest, num_partitions)
@@ -494,6 +495,21 @@ class MilvusStore:
     def _upsert_misplaces_partition_key(self) -> bool:
         version = self.server_version()
         return version != "lite" and _version_tuple(version) < (2, 3, 10)
+
+    def add_missing_filter_indexes(self, name: str) -> list[str]:
+        """Give a server collection made before its filter fields were indexed the indexes it lacks (the next
+        ingest into it does this); Milvus builds them without releasing the collection. Returns the fields added."""
+        if self.server_version() == "lite":
+            return []
+        present = set(self._call(self.client.list_indexes, name))
+        fields = [f["name"] for f in self._describe(name).get("fields", []) if f["name"] not in present]
+        index_params = self.client.prepare_index_params()
+        self.add_filter_indexes(index_params, fields=fields)
+        added = [index.field_name for index in index_params]
+        if added:
+            self._call(self.client.create_index, name, index_params)
+            log.info("indexed filter fields", extra={"collection": name, "fields": added})
+        return added
 
     def add_filter_indexes(self, index_params: Any, fields: Sequence[str] = schema.FILTER_FIELDS) -> None:
         """A scalar index on every filterable field, on a server (docs/benchmarks.md "Label filter at 10^6").

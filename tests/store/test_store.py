@@ -229,3 +229,25 @@ def test_a_server_collection_indexes_every_filter_field_and_filters_alike(store:
         hits = store.search("images", np.array([rows[0]["embedding"]]), 10, {"label": label, "modality": "MR"})[0]
         want = {r["id"] for r in rows if r["label"] == label and r["modality"] == "MR"}
         assert len(hits) == 10 and {h.id for h in hits} <= want
+
+
+def test_an_older_server_collection_gets_its_filter_indexes_on_the_next_ingest(milvus_uri: str) -> None:
+    store = MilvusStore(milvus_uri)
+    store.ensure_collection("old", IDENTITY, DIM, choose_index("HNSW", "COSINE"))
+    if store.server_version() == "lite":
+        assert store.add_missing_filter_indexes("old") == []
+        store.close()
+        return
+    # A collection as made before 2026-12-06: no index on the filter fields.
+    store.client.release_collection("old")
+    for name in store_schema.FILTER_FIELDS:
+        store.client.drop_index("old", name)
+    assert not set(store_schema.FILTER_FIELDS) & set(store.client.list_indexes("old"))
+    store.ensure_collection("old", IDENTITY, DIM)  # what `cbmir ingest` runs first
+    assert set(store_schema.FILTER_FIELDS) <= set(store.client.list_indexes("old"))
+    assert store.add_missing_filter_indexes("old") == []  # nothing left to add
+    rows = _full(_rows(30))
+    store.client.insert("old", rows)
+    hits = store.search("old", np.array([rows[0]["embedding"]]), 5, {"label": "meningioma"})[0]
+    assert len(hits) == 5 and all(h.fields["label"] == "meningioma" for h in hits)
+    store.close()
