@@ -318,6 +318,12 @@ def _add_out_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/bench", help="output root (default %(default)s)")
 
 
+def _add_running_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server-uri", required=True, help="the Milvus server (http://127.0.0.1:PORT)")
+    parser.add_argument("--metrics-url", default="",
+                        help="its Prometheus /metrics (cbmir milvus-server: http://127.0.0.1:HEALTHZ_PORT/metrics)")
+
+
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks: search latency / QPS / recall vs size, per engine and index")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -380,9 +386,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "vectors of `bench search`), then time each part of a search round-robin: pymilvus encode, a "
                     "trivial RPC, the raw gRPC search, each consistency level, output fields, limit, ef, the label "
                     "filter and MilvusStore.search; with --metrics-url also the server's own stage histograms.")
-    breakdown.add_argument("--server-uri", required=True, help="the Milvus server (http://127.0.0.1:PORT)")
-    breakdown.add_argument("--metrics-url", default="",
-                           help="its Prometheus /metrics (cbmir milvus-server: http://127.0.0.1:HEALTHZ_PORT/metrics)")
+    _add_running_server_flags(breakdown)
     breakdown.add_argument("--sizes", type=_ints, default=(20_000,), help="collection sizes (default 20000)")
     breakdown.add_argument("--dim", type=int, default=1024)
     breakdown.add_argument("--ef", type=int, default=64, help="HNSW ef of the base parts (default %(default)s)")
@@ -398,9 +402,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "1, 2, 4 ... 64 ms beside what the server's proxy and query node histograms saw over the same "
                     "bounds, and whether the slow calls are a few hard queries or scattered over many "
                     "(interference).")
-    tail.add_argument("--server-uri", required=True, help="the Milvus server (http://127.0.0.1:PORT)")
-    tail.add_argument("--metrics-url", default="",
-                      help="its Prometheus /metrics (cbmir milvus-server: http://127.0.0.1:HEALTHZ_PORT/metrics)")
+    _add_running_server_flags(tail)
     tail.add_argument("--size", type=_size, required=True, help="N of the `bench search` collection (e.g. 1e6)")
     tail.add_argument("--collection", default="", help="default bench_<N> (bench search --partitions 1: bench_<N>_p1)")
     tail.add_argument("--dim", type=int, default=1024)
