@@ -65,7 +65,8 @@ def test_real_embeddings_file_is_used_and_too_small_a_file_is_refused(tmp_path: 
         dataset(config, 251)
 
 
-def test_reuse_times_the_searches_again_without_reinserting_or_rebuilding(tmp_path: Path, milvus_server) -> None:
+def test_reuse_times_the_searches_again_without_reinserting_or_rebuilding(tmp_path: Path, milvus_server,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from cbmir.bench.search import SearchBenchConfig, run
 
     config = SearchBenchConfig(sizes=(1500,), dim=16, engines=("server",), index_types=("HNSW",), queries=20,
@@ -78,6 +79,7 @@ def test_reuse_times_the_searches_again_without_reinserting_or_rebuilding(tmp_pa
     assert second["builds"][0]["segments"]["count"] >= 1
     # Same vectors, same index: the same answers.
     assert [m["recall"] for m in second["measurements"]] == [m["recall"] for m in first["measurements"]]
+    _tail_reads_the_clients_slow_calls_beside_the_servers_own(tmp_path / "tail", milvus_server, capsys)
     other = run(SearchBenchConfig(**{**config.__dict__, "seed": 1}), progress=lambda line: None)
     assert not other["builds"][0]["reused"]  # other vectors: the collection is rebuilt, never mixed
 
@@ -169,19 +171,15 @@ def test_passes_below_one_are_refused(capsys: pytest.CaptureFixture[str]) -> Non
     assert "must be at least 1" in capsys.readouterr().err
 
 
-def test_tail_reads_the_clients_slow_calls_beside_the_servers_own(tmp_path: Path, milvus_server,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from cbmir.bench.search import SearchBenchConfig, run
 
-    # The collection `bench search --reuse` keeps, then 3 passes of its 20 queries, label-filtered.
-    run(SearchBenchConfig(sizes=(1500,), dim=16, engines=("server",), index_types=("HNSW",), queries=20,
-                          budget_s=0.2, clients=(1,), qps_seconds=0.1, with_filter=False, workdir=str(tmp_path / "w"),
-                          server_uri=milvus_server.uri, reuse=True), progress=lambda line: None)
+def _tail_reads_the_clients_slow_calls_beside_the_servers_own(out: Path, milvus_server,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench tail` on the collection `bench search --reuse` kept: 3 passes of its 20 queries, label-filtered."""
     metrics_url = milvus_server.healthz_url.replace("/healthz", "/metrics")
     code = main(["bench", "tail", "--server-uri", milvus_server.uri, "--metrics-url", metrics_url, "--size", "1500",
-                 "--dim", "16", "--queries", "20", "--passes", "3", "--ef", "32", "--filter", "--out", str(tmp_path)])
+                 "--dim", "16", "--queries", "20", "--passes", "3", "--ef", "32", "--filter", "--out", str(out)])
     assert code == 0
-    record = json.loads(next(tmp_path.glob("*/tail.json")).read_text())
+    record = json.loads(next(out.glob("*/tail.json")).read_text())
     assert record["client"]["n"] == record["client_calls_over_ms"]["calls"] == 60
     assert record["config"]["filtered"] and 0 <= record["distinct_queries_among_slow_calls"] <= 20
     # The server counted exactly these 60 searches, and no view has more slow calls at a higher bound.

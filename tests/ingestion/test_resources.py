@@ -77,12 +77,16 @@ def test_a_local_run_describes_the_model_in_the_driver_as_an_actor_would(ray_loc
     from cbmir.ingestion.pipeline import _model_options, probe_model
 
     config = IngestConfig(source="x", backbone="efficientnet_lite0")
-    plan = plan_resources(2, 2, "cpu", 1.0)  # an actor's torch pool of 1 thread: not the driver's
-    threads = torch.get_num_threads()
-    assert plan.torch_threads != threads
-    in_driver = probe_model(config, plan)
+    plan = plan_resources(2, 2, "cpu", 1.0)  # an actor's torch pool of 1 thread
+    before = torch.get_num_threads()
+    threads = plan.torch_threads + 2  # the driver's own pool, set apart from the actor's
+    torch.set_num_threads(threads)
+    try:
+        in_driver = probe_model(config, plan)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
     # The same description a worker computes (a cluster's path), and the driver's torch threads left alone.
     in_worker = ray.get(ray.remote(describe_model).options(num_cpus=plan.actor_cpus).remote(
         **_model_options(config, plan)))
     assert in_driver == in_worker
-    assert torch.get_num_threads() == threads
