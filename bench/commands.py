@@ -21,15 +21,8 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(float(x)) for x in text.split(",") if x)
 
 
-def _size(text: str) -> int:
-    value = int(float(text))  # 1e6 as well as 1000000
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = int(float(text))  # 1e6 as well as 1000000
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -403,7 +396,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "bounds, and whether the slow calls are a few hard queries or scattered over many "
                     "(interference).")
     _add_running_server_flags(tail)
-    tail.add_argument("--size", type=_size, required=True, help="N of the `bench search` collection (e.g. 1e6)")
+    tail.add_argument("--size", type=_positive_int, required=True, help="N of the `bench search` collection (e.g. 1e6)")
     tail.add_argument("--collection", default="", help="default bench_<N> (bench search --partitions 1: bench_<N>_p1)")
     tail.add_argument("--dim", type=int, default=1024)
     tail.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cbmir.bench import metrics
+from cbmir.bench.engines import MilvusEngine, index_config
 
 # The server's histograms of a search: proxy (whole request inside Milvus) and query node (the leader's search
 # over its segments). Bucket bounds are the server's (ms: 1, 2, 4, 8, 16, 32, ...).
@@ -38,18 +39,15 @@ class TailConfig:
 
 
 def run(config: TailConfig) -> dict[str, Any]:
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=config.server_uri, timeout=60)
+    # The search `bench search` times (ids only, Bounded), on the collection it kept: reuse=True never drops it.
+    engine = MilvusEngine("server", config.server_uri, collection=config.collection, reuse=True)
+    engine.config = index_config("HNSW", 0)
     count = len(config.queries)
 
     def call(i: int) -> Any:
         q = i % count
-        return client.search(
-            config.collection, data=[np.ascontiguousarray(config.queries[q], dtype=np.float32).tobytes()],
-            limit=config.k, anns_field="embedding", output_fields=[],
-            filter=f'label == "{config.labels[q]}"' if config.labels else "",
-            search_params={"metric_type": "COSINE", "params": {"ef": config.ef}}, consistency_level="Bounded")
+        label = config.labels[q] if config.labels else None
+        return engine.search(config.queries[q], config.k, {"ef": config.ef}, label)
 
     for i in range(min(count, 20)):  # warm-up: connection and first-touch costs are not the tail
         call(i)
@@ -57,7 +55,7 @@ def run(config: TailConfig) -> dict[str, Any]:
     calls = count * config.passes
     times, _ = metrics.serial(call, calls, budget_s=float("inf"))
     after = server_histograms(config.metrics_url) if config.metrics_url else {}
-    client.close()
+    engine.close()
     ms = np.asarray(times) * 1000.0
     p50 = float(np.median(ms))
     slow = ms > config.slow_factor * p50
