@@ -19,7 +19,7 @@ TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Ray titles its workers "ray::<what runs>": the read+decode map tasks, the embedding actors, the task that loads
 # the model once to describe it. A pooled worker is "ray::IDLE" between tasks.
-ROLE_BY_TITLE = (("_read_task", "read"), ("MapWorker", "embed"), ("describe_model", "setup"))
+ROLE_BY_TITLE = (("read_task", "read"), ("MapWorker", "embed"), ("describe_model", "setup"))
 ROLES = ("read", "embed", "setup", "driver", "ray")
 
 

@@ -81,7 +81,7 @@ def _cbmir(data: bytes) -> np.ndarray:
 
 
 def _cbmir_ingest(data: bytes) -> np.ndarray:
-    from cbmir.services.embedding.preprocess import decode_resized
+    from cbmir.services.embedding.resize import decode_resized
 
     return resize_like_ingest(decode_resized(data, INPUT_SIZE).pixels)
 

@@ -258,7 +258,7 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
     from cbmir.bench.decode import INPUT_SIZE, bare_decode_rate
     from cbmir.ingestion import run_ingestion
     from cbmir.services.embedding import ImageDecodeError
-    from cbmir.services.embedding.preprocess import decode_resized
+    from cbmir.services.embedding.resize import decode_resized
 
     paths = query_paths(replace(config, split=None), max(config.bare_images, config.decode_images) * 2)
     decoded, good = [], []

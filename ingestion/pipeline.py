@@ -28,7 +28,7 @@ from ray.util.annotations import RayDeprecationWarning
 
 from cbmir.ingestion.config import IngestConfig
 from cbmir.ingestion.embedder import Embedder, ModelDescription, describe_model
-from cbmir.ingestion.reader import read_batch
+from cbmir.ingestion.reader import read_task
 
 log = logging.getLogger(__name__)
 
@@ -411,13 +411,6 @@ class RayEmbedder(Embedder):
         return out.append_column(ACTOR_ID, pa.array([self.actor_id] * out.num_rows, pa.string()))
 
 
-def _read_task(batch: pa.Table, existing_ids: list[ray.ObjectRef], id_salt: str = "", *,
-               input_size: int, pacs_credentials: str = "") -> pa.Table:
-    # The ref travels inside a list so Ray does not resolve it per call; ray.get of a numpy array is zero-copy.
-    return read_batch(batch, ray.get(existing_ids[0]), id_salt=id_salt, input_size=input_size,
-                      pacs_credentials=pacs_credentials)
-
-
 def listing_block_rows(count: int, batch_size: int, chunk_items: int) -> int:
     """Listed items per Ray input block: whole batches, at most `chunk_items`, at most ~MAX_LISTING_BLOCKS blocks.
 
@@ -453,7 +446,7 @@ def read_stage(dataset: ray.data.Dataset, existing_ids: np.ndarray, config: Inge
     """
     ids_ref = ray.put(existing_ids)
     return _map_batches(
-        dataset, _read_task, {"max_retries": READ_TASK_RETRIES},
+        dataset, read_task, {"max_retries": READ_TASK_RETRIES},
         batch_format="pyarrow",
         batch_size=config.batch_size,
         fn_kwargs={"existing_ids": [ids_ref], "id_salt": config.id_salt, "input_size": input_size,

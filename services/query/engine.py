@@ -18,7 +18,7 @@ from cbmir.services.embedding import EmbeddingModel, ImageDecodeError
 from cbmir.services.embedding.declared import DeclaredSizeError, declared_size
 from cbmir.services.embedding.descriptors import DESCRIPTORS, hog_descriptor, l1_distances
 from cbmir.services.embedding.precision import query_precision_tolerance
-from cbmir.services.embedding.preprocess import decode_resized
+from cbmir.services.embedding.resize import decode_resized
 from cbmir.services.query.admission import DEFAULT_DECODE_BUDGET_BYTES, BudgetExceeded, DecodeBudget
 from cbmir.services.query.expansion import MAX_QUERY_EXPANSION, expanded_query
 from cbmir.services.query.soft_prefilter import SOFT_REFERENCE_RANK, SOFT_SIMILARITY_WEIGHT, fuse, plausible_classes

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pymilvus import CollectionSchema, DataType, MilvusClient
+if TYPE_CHECKING:
+    from pymilvus import CollectionSchema
 
 ID = "id"
 EMBEDDING = "embedding"
@@ -85,6 +87,8 @@ def descriptor_collection_name(collection: str, kind: str) -> str:
 
 
 def build_descriptor_schema(dim: int) -> CollectionSchema:
+    from pymilvus import DataType, MilvusClient  # here, not at the top: read tasks import the field names only
+
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field(ID, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
     schema.add_field(DESCRIPTOR, DataType.FLOAT_VECTOR, dim=dim)
@@ -93,6 +97,8 @@ def build_descriptor_schema(dim: int) -> CollectionSchema:
 
 def build_schema(dim: int) -> CollectionSchema:
     """Schema with `label` as the partition key, so a class prefilter touches only that class's partition."""
+    from pymilvus import DataType, MilvusClient  # here, not at the top: read tasks import the field names only
+
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field(ID, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
     schema.add_field(EMBEDDING, DataType.FLOAT_VECTOR, dim=dim)

@@ -9,7 +9,7 @@ from pydicom.pixels import pixel_array
 from pydicom.uid import JPEGLSLossless, JPEGLSNearLossless
 
 from cbmir.services.embedding.dicom_plugins import drop_gdcm_where_replaceable, plugin_order
-from cbmir.services.embedding.preprocess import decode_resized
+from cbmir.services.embedding.resize import decode_resized
 
 pytest.importorskip("jpeg_ls", reason="pyjpegls is a cbmir dependency")
 

@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8B
 
 from cbmir.services.embedding import EmbeddingModel
 from cbmir.services.embedding.decode import _box_reduced_grey, _reduced_frame, decode_native
-from cbmir.services.embedding.preprocess import decode_resized, presize
+from cbmir.services.embedding.resize import decode_resized, presize
 
 SIZE = 224
 SIDE = 1536  # a 2k-class image: reduced 4x by JPEG 2000 levels, 1/4 by JPEG DCT scaling

@@ -244,13 +244,14 @@ def test_read_only_wire_pixels_are_embedded_without_a_warning_or_a_copy() -> Non
         "import warnings, numpy as np\n"
         "warnings.simplefilter('error')\n"
         "from cbmir.ingestion.wire import pack, unpack\n"
-        "from cbmir.services.embedding.preprocess import Preprocessing, _to_chw, presize, to_batch_tensor\n"
+        "from cbmir.services.embedding.preprocess import Preprocessing, to_batch_tensor\n"
+        "from cbmir.services.embedding.resize import presize, unit_pixels\n"
         "pixels = np.random.default_rng(0).random((224, 224), dtype=np.float32)\n"
         "shared = unpack(*pack(pixels))\n"
         "assert not shared.flags.writeable\n"
         "prep = Preprocessing(input_size=224, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))\n"
         "assert to_batch_tensor([shared], prep).equal(to_batch_tensor([pixels.copy()], prep))\n"
-        "assert _to_chw(shared).data_ptr() == shared.ctypes.data  # shared, not copied\n"
+        "assert unit_pixels(shared) is shared  # shared, not copied\n"
         "presize(shared, 224)\n"
         "print('clean')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
