@@ -368,8 +368,15 @@ def ingest_plot(record: dict[str, Any], out_dir: Path) -> Path:
             label = f"pipeline, batch {batch_size}" + (f", read tasks {read_cpus} CPU" if sweeps_read_cpus else "")
             line, = ax.plot([r["actors"] for r in runs], [r["pipeline_img_s"] for r in runs], marker="o",
                             label=label)
+            steady = [r for r in runs if r.get("steady_img_s")]
+            if steady:  # the rate once the first batch is back: start-up is what separates it from the line above
+                ax.plot([r["actors"] for r in steady], [r["steady_img_s"] for r in steady], marker="s",
+                        linestyle=":", color=line.get_color(), label=label + ", after the first batch")
         ax.axhline(of_batch[0]["bare_model_img_s"], linestyle="--", color=line.get_color(),
                    label=f"bare model, batch {batch_size}")
+        if of_batch[0].get("limit_img_s"):
+            ax.axhline(of_batch[0]["limit_img_s"], linestyle="-.", color="grey",
+                       label=f"limit of decode + model ({of_batch[0]['limit_img_s']:.1f})")
     ax.set(xlabel="Ray embedding actors", ylabel="images / s", title="ingestion throughput")
     ax.set_xticks(sorted({r["actors"] for r in record["runs"]}))
     ax.grid(alpha=0.3)
