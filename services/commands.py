@@ -370,9 +370,11 @@ def add_service_commands(sub: Any) -> None:
     search.add_argument("--prefilter-class", default="", help="class to search with --prefilter explicit")
     search.add_argument("--min-confidence", type=float, default=0.0,
                         help="--prefilter predicted: below this probability search everything (0: server default)")
-    search.add_argument("--rerank", default="", choices=["", "hog"],
-                        help="re-rank CNN candidates by HOG (collection ingested with --rerank-descriptor hog)")
-    search.add_argument("--k-prep", type=int, default=0, help="candidates to re-rank (0: max(10, k))")
+    search.add_argument("--rerank", default="", choices=["", "hog", "kreciprocal"],
+                        help="re-rank CNN candidates: hog (collection ingested with --rerank-descriptor hog), or "
+                             "kreciprocal (k-reciprocal neighbourhoods of their stored vectors, label-free)")
+    search.add_argument("--k-prep", type=int, default=0,
+                        help="candidates to re-rank (0: max(10, k); kreciprocal: max(50, k))")
     search.add_argument("--soft-weight", type=float, default=None, metavar="W",
                         help="--prefilter soft: the similarity's weight beside p(label) (default: the server's)")
     search.add_argument("--query-expansion", type=int, default=0, metavar="N",

@@ -10,7 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from cbmir.bench.quality.config import DEFAULT_DB, DEFAULT_OUT, HOG, PREFILTERS, EvalConfig
+from cbmir.bench.quality.config import DEFAULT_DB, DEFAULT_OUT, HOG, K_RECIPROCAL, PREFILTERS, EvalConfig
 from cbmir.bench.quality.crossfit import CrossFitError
 from cbmir.bench.quality.datasets import PRESETS, PROTOCOLS, SPLIT, UNLABELLED_VALUES, DatasetSpec
 from cbmir.bench.quality.report import DEFAULT_DOCS, write_report
@@ -57,7 +57,9 @@ def add_eval_parser(sub: Any) -> argparse.ArgumentParser:
                              "searches every plausible class and ranks hits by p(label) + similarity (default: "
                              "'off soft' for a trained model, the recipe of docs/quality.md beside the plain "
                              "search; 'off' for ImageNet features, which have no head)")
-    parser.add_argument("--rerank", default="", choices=["", HOG], help="re-rank the CNN's k_prep hits by HOG L1")
+    parser.add_argument("--rerank", default="", choices=["", HOG, K_RECIPROCAL],
+                        help="re-rank the CNN's k_prep hits by HOG L1, or by k-reciprocal neighbourhoods of their "
+                             "stored vectors (label-free; use --k-prep 50 or more)")
     parser.add_argument("--k-prep", type=int, default=10, help="candidates to re-rank (default %(default)s)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation (seed 001): index and queries embedded as the mean over the image "

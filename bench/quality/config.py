@@ -13,7 +13,8 @@ DEFAULT_OUT = Path("results/quality")
 DEFAULT_DB = "results/quality/quality.db"
 HOG = "hog"  # backbone name of the seed-003 HOG-alone baseline (brute-force L1, no Milvus)
 PREFILTERS = ("off", "predicted", "soft")
-RERANKS = ("", HOG)
+K_RECIPROCAL = "kreciprocal"  # label-free re-ranking of the hits by their stored vectors
+RERANKS = ("", HOG, K_RECIPROCAL)
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class EvalConfig:
     index: str = "HNSW"
     prefilter: str = "off"  # "predicted": restrict to the class the model's head predicts (S3); "soft": rank
     # the plausible classes' hits by p(label) + similarity (services/query/soft_prefilter.py)
-    rerank: str = ""  # "hog": retrieve k_prep by CNN, re-order by HOG L1 (S4)
+    rerank: str = ""  # "hog": retrieve k_prep by CNN, re-order by HOG L1 (S4); "kreciprocal": by neighbourhoods
     k_prep: int = 10
     method: str = ""  # the seed method this reproduces (S1, S3, S4 …); derived when empty
     # Cross-fitting (leave-one-patient-out with trained models): a glob or a path with "{fold}" naming one
@@ -45,7 +46,7 @@ class EvalConfig:
         if self.prefilter not in PREFILTERS:
             raise ValueError(f"unknown prefilter {self.prefilter!r}: choose one of {', '.join(PREFILTERS)}")
         if self.rerank not in RERANKS:
-            raise ValueError(f"unknown rerank {self.rerank!r}: choose '' or 'hog'")
+            raise ValueError(f"unknown rerank {self.rerank!r}: choose one of {', '.join(map(repr, RERANKS))}")
         if self.k_prep < 1:
             raise ValueError(f"k_prep must be >= 1, got {self.k_prep}")
         if self.is_hog_alone and (self.prefilter != "off" or self.rerank):
@@ -78,13 +79,18 @@ class EvalConfig:
             elif self.prefilter == "soft":
                 parts.append("+soft prefilter")
             if self.rerank:
-                parts.append("+HOG")
+                parts.append(self._rerank_label())
             if self.tta:
                 parts.append("+TTA")
             return " ".join(parts) + self._qe_label()
+        if self.rerank == K_RECIPROCAL:
+            return "S1 " + self._rerank_label() + (" +TTA" if self.tta else "") + self._qe_label()
         if self.rerank:
             return "S4 CNN+HOG" + (" +TTA" if self.tta else "") + self._qe_label()
         return "S1" + (" +TTA" if self.tta else "") + self._qe_label()
+
+    def _rerank_label(self) -> str:
+        return f"+k-reciprocal{self.k_prep}" if self.rerank == K_RECIPROCAL else "+HOG"
 
     def _qe_label(self) -> str:
         return f" +αQE{self.query_expansion}" if self.query_expansion else ""

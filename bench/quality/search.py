@@ -10,7 +10,7 @@ from dataclasses import fields
 import numpy as np
 from tqdm import tqdm
 
-from cbmir.bench.quality.config import EvalConfig
+from cbmir.bench.quality.config import HOG, EvalConfig
 from cbmir.bench.quality.datasets import image_bytes
 from cbmir.bench.quality.protocols import IndexView, Query, Ranking
 from cbmir.services.query.engine import Prefilter, RetrievalEngine, SearchQuery
@@ -29,7 +29,8 @@ def query_mode(config: EvalConfig, stored_queries: bool) -> str:
         return BY_IMAGE  # class probabilities come from the image: a stored row keeps only its predicted class
     if stored_queries:
         return BY_ID  # the engine predicts / re-ranks a stored id from what ingestion stored
-    return BY_IMAGE if (config.rerank or config.prefilter != "off") else BY_VECTOR
+    # HOG re-ranking describes the query image; k-reciprocal works from vectors alone.
+    return BY_IMAGE if (config.rerank == HOG or config.prefilter != "off") else BY_VECTOR
 
 
 def engine_supports(config: EvalConfig, engine: RetrievalEngine) -> str:

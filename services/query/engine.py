@@ -21,6 +21,7 @@ from cbmir.services.embedding.precision import query_precision_tolerance
 from cbmir.services.embedding.resize import decode_resized
 from cbmir.services.query.admission import DEFAULT_DECODE_BUDGET_BYTES, BudgetExceeded, DecodeBudget
 from cbmir.services.query.expansion import MAX_QUERY_EXPANSION, expanded_query
+from cbmir.services.query.kreciprocal import DEFAULT_SHORTLIST, k_reciprocal_order
 from cbmir.services.query.soft_prefilter import SOFT_REFERENCE_RANK, SOFT_SIMILARITY_WEIGHT, fuse, plausible_classes
 from cbmir.services.query.vector_only import StoredVectorsModel
 from cbmir.services.quoting import shown
@@ -46,6 +47,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # 8192^2 per frame: above any clini
 DEFAULT_MIN_CONFIDENCE = 0.5
 DEFAULT_K_PREP = 10  # seed 003's k_prep
 RERANK_DESCRIPTORS = tuple(DESCRIPTORS)
+K_RECIPROCAL = "kreciprocal"  # label-free: re-ranks the hits by their stored vectors (kreciprocal.py)
+RERANKS = (*RERANK_DESCRIPTORS, K_RECIPROCAL)
 
 
 class Rejection(Enum):
@@ -234,16 +237,17 @@ class RetrievalEngine:
         collection = query.collection or self.default_collection
         self.collection_dim(collection)
         if query.rerank:
-            if query.rerank not in RERANK_DESCRIPTORS:
+            if query.rerank not in RERANKS:
                 raise QueryRejected(Rejection.INVALID, f"unknown rerank {shown(query.rerank)}: choose one of "
-                                                       f"{', '.join(RERANK_DESCRIPTORS)} (or empty for none)")
-            if query.vector is not None:
+                                                       f"{', '.join(RERANKS)} (or empty for none)")
+            if query.vector is not None and query.rerank != K_RECIPROCAL:
                 raise QueryRejected(Rejection.INVALID, "rerank needs an image or a stored id, not a vector")
             k_prep = self.k_prep(query)
             if not query.top_k <= k_prep <= self.max_top_k:
                 raise QueryRejected(Rejection.INVALID,
                                     f"k_prep must be between top_k ({query.top_k}) and {self.max_top_k}, got {k_prep}")
-            if not self._call_store(self.store.has_descriptors, collection, query.rerank):
+            if query.rerank != K_RECIPROCAL and not self._call_store(self.store.has_descriptors, collection,
+                                                                      query.rerank):
                 raise QueryRejected(Rejection.PRECONDITION,
                                     f"collection {shown(collection)} has no {query.rerank} descriptors: ingest it with "
                                     f"--rerank-descriptor {query.rerank} to re-rank")
@@ -251,7 +255,9 @@ class RetrievalEngine:
 
     @staticmethod
     def k_prep(query: SearchQuery) -> int:
-        return query.k_prep or max(DEFAULT_K_PREP, query.top_k)
+        # k-reciprocal neighbourhoods need a shortlist a few times their k; a descriptor re-orders seed 003's 10.
+        default = DEFAULT_SHORTLIST if query.rerank == K_RECIPROCAL else DEFAULT_K_PREP
+        return query.k_prep or max(default, query.top_k)
 
     @staticmethod
     def _call_store(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -333,7 +339,8 @@ class RetrievalEngine:
 
         if query.rerank:
             t = time.perf_counter()
-            hits = self._rerank(collection, query, hits, pixels)
+            hits = (self._rerank_k_reciprocal(collection, vector, hits) if query.rerank == K_RECIPROCAL
+                    else self._rerank(collection, query, hits, pixels))
             result.reranked = True
             timings["rerank"] = _ms(t)
         result.hits = hits[: query.top_k]
@@ -456,6 +463,16 @@ class RetrievalEngine:
         distances = l1_distances(query_descriptor, np.stack([found[h.id] for h in have]))
         order = np.argsort(distances, kind="stable")
         return [have[i] for i in order] + missing
+
+    def _rerank_k_reciprocal(self, collection: str, vector: np.ndarray, hits: list[Hit]) -> list[Hit]:
+        """Re-order the hits by k-reciprocal neighbourhoods computed among the query and the hits' stored vectors."""
+        rows = self._call_store(self.store.get_rows, collection, [h.id for h in hits])
+        have = [h for h in hits if h.id in rows]
+        missing = [h for h in hits if h.id not in rows]  # deleted since the search: kept, last
+        if len(have) < 2:
+            return have + missing
+        stored = np.stack([np.asarray(rows[h.id][EMBEDDING], dtype=np.float32) for h in have])
+        return [have[i] for i in k_reciprocal_order(vector, stored)] + missing
 
     def _stored_row(self, collection: str, image_id: str) -> dict:
         try:

@@ -39,6 +39,13 @@ def test_rerank_and_prefilter_name_their_configuration() -> None:
     assert config.name("a-1234abcd").endswith("-prefilter-predicted-rerank-hog-k20")
     with pytest.raises(ValueError, match="prefilter"):
         EvalConfig(prefilter="sometimes")
+    k_reciprocal = EvalConfig(rerank="kreciprocal", k_prep=50)
+    assert k_reciprocal.method_label() == "S1 +k-reciprocal50"
+    assert k_reciprocal.name().endswith("-rerank-kreciprocal-k50")
+    assert EvalConfig(weights="runs/a/best.pt", loss="ce", rerank="kreciprocal", k_prep=50).method_label() == \
+        "S3 +k-reciprocal50"
+    with pytest.raises(ValueError, match="kreciprocal"):
+        EvalConfig(rerank="sift")
 
 
 def test_soft_prefilter_and_query_expansion_are_configurations_of_their_own() -> None:

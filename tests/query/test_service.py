@@ -218,6 +218,27 @@ def test_hog_rerank_reorders_the_cnn_candidates_by_l1_distance(service) -> None:
     assert reranked.hits[0].source.endswith(query.name)  # HOG distance to itself is 0
 
 
+def test_k_reciprocal_rerank_reorders_the_shortlist_by_its_stored_vectors(service) -> None:
+    """Label-free re-ranking over gRPC: a vector query (no descriptors needed) gets the first top_k of the k_prep
+    shortlist in the order k_reciprocal_order gives for the vectors the store holds."""
+    from cbmir.services.query.kreciprocal import k_reciprocal_order
+
+    client, store, archive = service
+    query = _train_images(archive)[7]
+    stored_id = client.search(image=query, top_k=1).hits[0].id
+    vector = np.asarray(store.get_rows(COLLECTION, [stored_id])[stored_id]["embedding"], dtype=np.float32)
+    plain = client.search(vector=vector.tolist(), top_k=30)
+    reranked = client.search(vector=vector.tolist(), top_k=10, rerank="kreciprocal", k_prep=30)
+    assert reranked.reranked and reranked.timings.rerank_ms > 0
+    candidates = [h.id for h in plain.hits]
+    rows = store.get_rows(COLLECTION, candidates)
+    order = k_reciprocal_order(vector, np.stack([np.asarray(rows[i]["embedding"]) for i in candidates]))
+    assert [h.id for h in reranked.hits] == [candidates[i] for i in order[:10]]
+    assert [h.id for h in reranked.hits] != candidates[:10]  # it does re-order real neighbours
+    default = client.search(vector=vector.tolist(), top_k=5, rerank="kreciprocal")  # k_prep 0: a 50-hit shortlist
+    assert default.reranked and len(default.hits) == 5
+
+
 def test_rerank_by_stored_id_uses_the_stored_descriptor(service) -> None:
     client, _, archive = service
     query_id = image_id(decode_image(_train_images(archive)[6].read_bytes()).content_key, read_default_salt())
