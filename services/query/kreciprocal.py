@@ -25,11 +25,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def _reciprocal(ranks: np.ndarray, i: int, k: int) -> np.ndarray:
-    """Indices among i's k nearest that have i among their own k nearest (i itself included)."""
-    forward = ranks[i, : k + 1]
-    backward = ranks[forward, : k + 1]
-    return forward[np.any(backward == i, axis=1)]
+def _mutual(ranks: np.ndarray, k: int) -> np.ndarray:
+    """n x n booleans: [i, j] when j is among i's k nearest and i among j's (each row includes itself)."""
+    nearest = np.zeros(ranks.shape, dtype=bool)
+    np.put_along_axis(nearest, ranks[:, : k + 1], True, axis=1)
+    return nearest & nearest.T
 
 
 def k_reciprocal_distances(query: np.ndarray, candidates: np.ndarray, k1: int = K1, k2: int = K2,
@@ -51,18 +51,15 @@ def k_reciprocal_distances(query: np.ndarray, candidates: np.ndarray, k1: int = 
     ranks = np.argsort(distance, axis=1, kind="stable")
     half = max(1, int(np.around(k1 / 2)))
 
-    encodings = np.zeros((n, n))
-    for i in range(n):
-        mutual = _reciprocal(ranks, i, k1)
-        expanded = [mutual]
-        for j in mutual:
-            theirs = _reciprocal(ranks, int(j), half)
-            # A neighbour's own mutual set joins when most of it is already mutual with i (robust to outliers).
-            if len(np.intersect1d(theirs, mutual)) > 2.0 / 3.0 * len(theirs):
-                expanded.append(theirs)
-        members = np.unique(np.concatenate(expanded))
-        weights = np.exp(-distance[i, members])
-        encodings[i, members] = weights / weights.sum()
+    mutual = _mutual(ranks, k1)
+    smaller = _mutual(ranks, half)
+    # A mutual neighbour j brings its own smaller mutual set along when most of that set is mutual with i already
+    # (robust to outliers): overlap[i, j] = |smaller_j ∩ mutual_i|.
+    overlap = mutual.astype(np.float64) @ smaller.T.astype(np.float64)
+    brings = mutual & (overlap > 2.0 / 3.0 * smaller.sum(axis=1)[np.newaxis, :])
+    members = mutual | (brings.astype(np.float64) @ smaller.astype(np.float64) > 0)
+    weights = np.where(members, np.exp(-distance), 0.0)
+    encodings = weights / weights.sum(axis=1, keepdims=True)
     if k2 > 1:
         encodings = encodings[ranks[:, :k2]].mean(axis=1)
 
