@@ -28,6 +28,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_ints(text: str) -> tuple[int, ...]:
+    """A comma list of positive integers, as an argparse type (a bad one is a usage error, not a traceback)."""
+    values = tuple(_positive_int(x) for x in _words(text))
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return values
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -263,25 +271,41 @@ def cmd_bench_service(args: argparse.Namespace) -> int:
 
 def cmd_bench_precision(args: argparse.Namespace) -> int:
     """mAP@10 with the archive embedded at one precision and the queries at another, per data set, with CIs."""
-    from cbmir.bench import run_record
-    from cbmir.bench.quality.datasets import PRESETS
     from cbmir.bench.quality.precision import precision_grid, precision_plot, precision_table
 
-    unknown = [name for name in args.datasets if name not in PRESETS]
+    return _per_dataset_bench(args, "precision", lambda spec: precision_grid(
+        spec, _words(args.precisions), limit=args.limit or None, progress=not args.no_progress),
+        precision_plot, precision_table)
+
+
+def cmd_bench_features(args: argparse.Namespace) -> int:
+    """mAP@10 of S1's pooling / input-size variants beside the default, per data set, with paired CIs."""
+    from cbmir.bench.quality.features import feature_grid, feature_plot, feature_table
+
+    return _per_dataset_bench(args, "features", lambda spec: feature_grid(
+        spec, args.sizes, limit=args.limit or None, progress=not args.no_progress), feature_plot, feature_table)
+
+
+def _per_dataset_bench(args: argparse.Namespace, name: str, grid: Callable[[Any], dict[str, Any]],
+                       plot: Callable[[dict[str, Any], Path], Path], table: Callable[[dict[str, Any]], str]) -> int:
+    """A quality benchmark run once per data set preset: one record with a `datasets` list, its plot and tables."""
+    from cbmir.bench import run_record
+    from cbmir.bench.quality.datasets import PRESETS
+
+    unknown = [dataset for dataset in args.datasets if dataset not in PRESETS]
     if unknown:
-        raise SystemExit(f"cbmir bench precision: unknown data set {', '.join(unknown)}: choose from "
+        raise SystemExit(f"cbmir bench {name}: unknown data set {', '.join(unknown)}: choose from "
                          f"{', '.join(PRESETS)}")
     out_dir = _out_dir(args.out)
-    print(f"cbmir bench precision -> {out_dir}  datasets={','.join(args.datasets)} limit={args.limit or 'all'}",
+    print(f"cbmir bench {name} -> {out_dir}  datasets={','.join(args.datasets)} limit={args.limit or 'all'}",
           flush=True)
     record: dict[str, Any] = {"machine": run_record.machine(), "versions": run_record.versions(), "datasets": []}
-    for name in args.datasets:
-        record["datasets"].append(precision_grid(PRESETS[name], _words(args.precisions), limit=args.limit or None,
-                                                 progress=not args.no_progress))
+    json_path = out_dir / f"{name}.json"
+    for dataset in args.datasets:
+        record["datasets"].append(grid(PRESETS[dataset]))
         # Written after each data set: a long run that is stopped keeps what it measured.
-        (out_dir / "precision.json").write_text(json.dumps(record, indent=2, default=float))
-    return _write_outputs(record, out_dir / "precision.json", precision_plot,
-                          lambda r: "\n\n".join(precision_table(d) for d in r["datasets"]))
+        json_path.write_text(json.dumps(record, indent=2, default=float))
+    return _write_outputs(record, json_path, plot, lambda r: "\n\n".join(table(d) for d in r["datasets"]))
 
 
 def _write_outputs(record: dict[str, Any], json_path: Path, plot: Callable[[dict[str, Any], Path], Path],
@@ -570,3 +594,20 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     _add_out_flag(precision)
     add_logging_flags(precision, "WARNING")
     precision.set_defaults(func=cmd_bench_precision)
+
+    features = bench_sub.add_parser(
+        "features", help="retrieval quality of S1's pooling and input-size variants (GeM, larger input, two scales)",
+        description="Embed each data set with the ImageNet backbone at each --sizes, pooled by average and by GeM "
+                    "(p = 3), plus the sum of the unit vectors over the sizes (multi-scale), and score every variant "
+                    "by exact cosine search with `cbmir eval`'s queries: mAP@10 and P@10 with 95% bootstrap CIs and "
+                    "the paired mAP@10 difference to the default (average pooling at the backbone's input size, "
+                    "what ingest stores). Label-free, no training. Writes results/bench/<timestamp>/features.json, "
+                    "a PNG and a table (docs/quality.md quotes it).")
+    features.add_argument("datasets", nargs="+", help="presets of `cbmir eval` (brain-mri, mias-tissue, ...)")
+    features.add_argument("--sizes", type=_positive_ints, default=(224, 320),
+                          help="input sizes, comma list (default 224,320)")
+    features.add_argument("--limit", type=int, default=0, help="index images per data set, 0 = all")
+    features.add_argument("--no-progress", action="store_true")
+    _add_out_flag(features)
+    add_logging_flags(features, "WARNING")
+    features.set_defaults(func=cmd_bench_features)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -68,18 +69,38 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"min": float(cos.min()), "p01": float(np.quantile(cos, 0.01)), "mean": float(cos.mean())}
 
 
-def precision_grid(spec: DatasetSpec, precisions: Sequence[str] = PRECISIONS, limit: int | None = None,
-                   resamples: int = 2000, progress: bool = True) -> dict[str, Any]:
-    """Every (archive precision, query precision) cell of one data set: mAP@10 and P@10 with CIs, the paired
-    mAP@10 difference to the archive's own precision, and the cosine between each precision's vectors and fp32."""
-    started = time.perf_counter()
+@dataclass
+class ExactProtocol:
+    """A data set's index and queries as `cbmir eval` poses them, for scoring vectors by exact search in numpy:
+    `items` are embedded in one list, the first `n_index` of them indexed, `query_rows` pick each query's vector."""
+
+    items: list[SourceItem]
+    n_index: int
+    ids: list[str]
+    index: IndexView
+    queries: list[Query]
+    query_rows: list[int]
+    lopo: bool
+
+    @property
+    def by_group(self) -> np.ndarray | None:
+        """Bootstrap resampling unit: the patient under leave-one-patient-out, else each query."""
+        return np.array([q.group for q in self.queries]) if self.lopo else None
+
+    def rank(self, vectors: np.ndarray, query_vectors: np.ndarray | None = None) -> list[Ranking]:
+        """Exact cosine top-DEPTH of each query over the indexed rows of `vectors` (queries from `query_vectors`,
+        same rows, when the two differ)."""
+        asked = vectors if query_vectors is None else query_vectors
+        return _rank(self.index, self.ids, vectors[: self.n_index], self.queries, asked[self.query_rows])
+
+
+def exact_protocol(spec: DatasetSpec, limit: int | None = None) -> ExactProtocol:
     groups = spec.groups()
     index_items = spec.listing(spec.ingest_split()).items
     lopo = spec.protocol != "split"
     query_items = [] if lopo else spec.listing(spec.query_split).items
     if limit:
         index_items, query_items = index_items[:limit], query_items[: max(1, limit // 3)]
-    vectors = embed_at_precisions([*index_items, *query_items], precisions, progress=progress)
     n_index = len(index_items)
     ids = [item.name for item in index_items]
     index = IndexView([Entry(id=item.name, source=item.name, label=item.label,
@@ -87,17 +108,26 @@ def precision_grid(spec: DatasetSpec, precisions: Sequence[str] = PRECISIONS, li
     if lopo:
         queries = leave_one_patient_out_queries(index, {item.name: item for item in index_items})
         row_of = {name: i for i, name in enumerate(ids)}
-        query_rows = [row_of[q.key] for q in queries]
     else:
         queries = split_queries(query_items, groups, spec.is_unlabelled)
         row_of = {item.name: n_index + i for i, item in enumerate(query_items)}
-        query_rows = [row_of[q.key] for q in queries]
-    by_group = np.array([q.group for q in queries]) if lopo else None
+    return ExactProtocol(items=[*index_items, *query_items], n_index=n_index, ids=ids, index=index,
+                         queries=list(queries), query_rows=[row_of[q.key] for q in queries], lopo=lopo)
+
+
+def precision_grid(spec: DatasetSpec, precisions: Sequence[str] = PRECISIONS, limit: int | None = None,
+                   resamples: int = 2000, progress: bool = True) -> dict[str, Any]:
+    """Every (archive precision, query precision) cell of one data set: mAP@10 and P@10 with CIs, the paired
+    mAP@10 difference to the archive's own precision, and the cosine between each precision's vectors and fp32."""
+    started = time.perf_counter()
+    protocol = exact_protocol(spec, limit)
+    vectors = embed_at_precisions(protocol.items, precisions, progress=progress)
+    lopo, by_group = protocol.lopo, protocol.by_group
     per_query: dict[tuple[str, str], np.ndarray] = {}
     cells = []
     for archive in precisions:
         for asked in precisions:
-            rankings = _rank(index, ids, vectors[archive][:n_index], queries, vectors[asked][query_rows])
+            rankings = protocol.rank(vectors[archive], vectors[asked])
             per_query[(archive, asked)] = metrics.seed003_average_precision(relevance(rankings, DEPTH))
             figures = score(rankings, [DEPTH], ks=(1, DEPTH), resamples=resamples, by_group=lopo)["figures"]
             cells.append({"archive": archive, "queries": asked, "mAP@10": figures["mAP@10"],
@@ -106,7 +136,8 @@ def precision_grid(spec: DatasetSpec, precisions: Sequence[str] = PRECISIONS, li
         delta = per_query[(cell["archive"], cell["queries"])] - per_query[(cell["archive"], cell["archive"])]
         cell["delta_mAP@10_vs_same"] = bootstrap_mean(delta, by_group, resamples=resamples).to_dict()
         cell["queries_changed"] = int(np.count_nonzero(delta))
-    return {"dataset": spec.name, "protocol": spec.protocol, "index_images": n_index, "queries": len(queries),
+    return {"dataset": spec.name, "protocol": spec.protocol, "index_images": protocol.n_index,
+            "queries": len(protocol.queries),
             "limit": limit, "precisions": list(precisions), "cells": cells,
             "cosine_to_fp32": {p: _cosines(vectors[p], vectors["fp32"]) for p in precisions if p != "fp32"}
             if "fp32" in precisions else {},

@@ -466,6 +466,18 @@ class EmbeddingModel:
         if pending is not None:
             yield pending.result()
 
+    def feature_maps(self, batch: torch.Tensor) -> torch.Tensor:
+        """N x C x H x W maps before global pooling, at this model's precision, as float32 on the host: what a
+        pooling or multi-scale study starts from (bench/quality/features.py). timm backbones without a trained
+        head have them; any input size a fully convolutional backbone takes."""
+        forward_features = getattr(self.module, "forward_features", None)
+        if forward_features is None or self.classes is not None or self.tta:
+            raise ValueError(f"{self.identity.architecture}: no feature maps before pooling (a plain timm backbone, "
+                             "no trained head, no TTA, has them)")
+        x = batch.to(self._torch_device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            return forward_features(x).float().cpu()
+
     def embed_and_predict_tensor(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Preprocessed batch -> (N x dim embeddings, N x C softmax probabilities or None), one forward pass."""
         return next(self.embed_and_predict_batches([batch]))

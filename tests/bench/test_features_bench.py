@@ -1,0 +1,47 @@
+"""`cbmir bench features` on a tiny real archive: every pooling / size variant scored beside the default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbmir.bench.quality.datasets import PRESETS
+from cbmir.bench.quality.features import embed_variants, feature_grid, feature_table
+
+
+def test_every_variant_is_scored_with_a_paired_difference_to_the_default() -> None:
+    record = feature_grid(PRESETS["breastmnist-subset"], sizes=(224, 256), limit=24, resamples=200, progress=False)
+    cells = {c["variant"]: c for c in record["cells"]}
+    assert set(cells) == {"avg224", "gem224", "avg256", "gem256", "multiscale-avg", "multiscale-gem"}
+    assert record["default"] == "avg224"
+    default = cells["avg224"]["delta_mAP@10_vs_default"]
+    assert default["mean"] == 0.0 and default["ci_low"] == 0.0 == default["ci_high"]
+    for cell in cells.values():
+        assert 0.0 <= cell["mAP@10"]["ci_low"] <= cell["mAP@10"]["mean"] <= cell["mAP@10"]["ci_high"] <= 1.0
+    assert "multiscale-gem" in feature_table(record)
+
+
+def test_average_pooling_at_the_input_size_is_the_vector_ingest_stores() -> None:
+    """The default variant must be what `cbmir ingest` stores, or every difference is measured against the wrong
+    baseline; GeM and a larger input give other vectors."""
+    from cbmir.bench.quality.datasets import decode_item
+    from cbmir.services.embedding import EmbeddingModel
+
+    items = PRESETS["breastmnist-subset"].listing("train").items[:6]
+    vectors, size = embed_variants(items, sizes=(224, 288), progress=False)
+    stored = EmbeddingModel.load("efficientnet_lite0").embed([decode_item(item, size) for item in items])
+    cosine = np.sum(vectors["avg224"] * stored, 1) / (np.linalg.norm(vectors["avg224"], axis=1) *
+                                                       np.linalg.norm(stored, axis=1))
+    assert cosine.min() > 0.9999
+    assert np.abs(vectors["gem224"] - vectors["avg224"]).max() > 1e-3
+    assert np.abs(vectors["avg288"] - vectors["avg224"]).max() > 1e-3
+
+
+def test_bad_sizes_and_unknown_data_sets_are_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from cbmir.cli import main
+
+    with pytest.raises(SystemExit, match="unknown data set nope"):
+        main(["bench", "features", "nope"])
+    with pytest.raises(SystemExit):
+        main(["bench", "features", "breastmnist-subset", "--sizes", "0"])
+    assert "must be at least 1" in capsys.readouterr().err
