@@ -1,9 +1,11 @@
-"""What pooling and input size do to S1's vectors: GeM against average pooling, a larger input, two scales at once.
+"""What pooling, input size and preprocessing do to S1's vectors: GeM against average pooling, a larger input, two
+scales at once, CLAHE, and an aspect-preserving (padded) resize instead of the squash.
 
 Label-free feature variants (issue 18, item 2) of the ImageNet backbone, no training: each is scored alone on a
 data set by exact cosine search (`precision.ExactProtocol`, the queries and index of `cbmir eval`), beside the
 default (average pooling at the backbone's input size, what `cbmir ingest` stores) with the paired mAP@10
-difference and its CI. One forward pass per image and size gives both poolings.
+difference and its CI. One forward pass per image and size gives both poolings; the two preprocessing variants
+(issue 18, item 4) are average-pooled at the input size.
 """
 
 from __future__ import annotations
@@ -28,6 +30,27 @@ GEM_P = 3.0  # generalized-mean exponent (Radenović et al. 2018): between avera
 DEFAULT_SIZES = (224, 320)
 
 
+def clahe(pixels: np.ndarray) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (scikit-image's defaults), float in [0, 1]; RGB on its
+    luminance."""
+    from skimage.exposure import equalize_adapthist
+
+    return equalize_adapthist(np.asarray(pixels)).astype(np.float32)
+
+
+def padded_square(pixels: np.ndarray) -> np.ndarray:
+    """The image centred on a black square (aspect kept, nothing cut): the squash resize then scales it evenly."""
+    from cbmir.services.embedding.resize import unit_pixels
+
+    unit = unit_pixels(pixels)
+    height, width = unit.shape[:2]
+    side = max(height, width)
+    square = np.zeros((side, side, *unit.shape[2:]), dtype=np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top:top + height, left:left + width] = unit
+    return square
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
@@ -36,13 +59,16 @@ def embed_variants(items: Sequence[SourceItem], sizes: Sequence[int] = DEFAULT_S
                    backbone: str = "efficientnet_lite0", batch: int = 32,
                    progress: bool = True) -> tuple[dict[str, np.ndarray], int]:
     """variant -> (len(items), dim) vectors, and the backbone's own input size. Variants: `avg<size>`,
-    `gem<size>` per size, and with two or more sizes `multiscale-avg` / `multiscale-gem` (sum of the unit
-    vectors over the sizes). Each image is decoded and resized per size as the read tasks do."""
+    `gem<size>` per size, with two or more sizes `multiscale-avg` / `multiscale-gem` (sum of the unit vectors over
+    the sizes), and `clahe-avg<input>` / `padded-avg<input>`. Each image is decoded and resized per size as the read
+    tasks do (the padded variant decodes at full size: the pad comes before the resize)."""
     from cbmir.services.embedding import EmbeddingModel
     from cbmir.services.embedding.preprocess import to_batch_tensor
 
     model = EmbeddingModel.load(backbone, device="cpu")
+    base = model.preprocessing
     parts: dict[str, list[np.ndarray]] = {f"{pool}{size}": [] for size in sizes for pool in ("avg", "gem")}
+    parts.update({f"clahe-avg{base.input_size}": [], f"padded-avg{base.input_size}": []})
     for start in tqdm(range(0, len(items), batch), desc="embed", unit="batch", file=sys.stderr, disable=not progress):
         chunk = items[start:start + batch]
         for size in sizes:
@@ -50,11 +76,15 @@ def embed_variants(items: Sequence[SourceItem], sizes: Sequence[int] = DEFAULT_S
             maps = model.feature_maps(to_batch_tensor([decode_item(item, size) for item in chunk], prep))
             parts[f"avg{size}"].append(maps.mean(dim=(2, 3)).numpy())
             parts[f"gem{size}"].append(maps.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P).numpy())
+        for name, prepare in ((f"clahe-avg{base.input_size}", lambda item: clahe(decode_item(item, base.input_size))),
+                              (f"padded-avg{base.input_size}", lambda item: padded_square(decode_item(item)))):
+            maps = model.feature_maps(to_batch_tensor([prepare(item) for item in chunk], base))
+            parts[name].append(maps.mean(dim=(2, 3)).numpy())
     vectors = {name: np.concatenate(v) for name, v in parts.items()}
     if len(sizes) > 1:
         for pool in ("avg", "gem"):
             vectors[f"multiscale-{pool}"] = sum(_unit(vectors[f"{pool}{size}"]) for size in sizes)
-    return vectors, model.preprocessing.input_size
+    return vectors, base.input_size
 
 
 def feature_grid(spec: DatasetSpec, sizes: Sequence[int] = DEFAULT_SIZES, limit: int | None = None,

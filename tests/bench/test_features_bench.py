@@ -12,7 +12,8 @@ from cbmir.bench.quality.features import embed_variants, feature_grid, feature_t
 def test_every_variant_is_scored_with_a_paired_difference_to_the_default() -> None:
     record = feature_grid(PRESETS["breastmnist-subset"], sizes=(224, 256), limit=24, resamples=200, progress=False)
     cells = {c["variant"]: c for c in record["cells"]}
-    assert set(cells) == {"avg224", "gem224", "avg256", "gem256", "multiscale-avg", "multiscale-gem"}
+    assert set(cells) == {"avg224", "gem224", "avg256", "gem256", "multiscale-avg", "multiscale-gem", "clahe-avg224",
+                          "padded-avg224"}
     assert record["default"] == "avg224"
     default = cells["avg224"]["delta_mAP@10_vs_default"]
     assert default["mean"] == 0.0 and default["ci_low"] == 0.0 == default["ci_high"]
@@ -45,3 +46,18 @@ def test_bad_sizes_and_unknown_data_sets_are_one_clear_line(capsys: pytest.Captu
     with pytest.raises(SystemExit):
         main(["bench", "features", "breastmnist-subset", "--sizes", "0"])
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_padding_keeps_the_aspect_and_clahe_stays_in_range() -> None:
+    from cbmir.bench.quality.features import clahe, padded_square
+
+    wide = np.full((2, 4), 255, dtype=np.uint8)
+    square = padded_square(wide)
+    assert square.shape == (4, 4) and square.dtype == np.float32
+    assert square[1:3].min() == 1.0 and square[0].max() == 0.0 and square[3].max() == 0.0
+    rgb = padded_square(np.zeros((6, 3, 3), dtype=np.uint8))
+    assert rgb.shape == (6, 6, 3)
+    ramp = np.tile(np.linspace(0, 60, 64, dtype=np.uint8), (64, 1))  # a dark, low-contrast image
+    equalised = clahe(ramp)
+    assert equalised.shape == ramp.shape and equalised.min() >= 0.0 and equalised.max() <= 1.0
+    assert np.ptp(equalised) > np.ptp(ramp) / 255  # contrast stretched
