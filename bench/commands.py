@@ -596,12 +596,13 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     precision.set_defaults(func=cmd_bench_precision)
 
     features = bench_sub.add_parser(
-        "features", help="retrieval quality of S1's pooling and input-size variants (GeM, larger input, two scales)",
+        "features", help="retrieval quality of S1's feature variants (GeM, larger input, two scales, CLAHE, padding)",
         description="Embed each data set with the ImageNet backbone at each --sizes, pooled by average and by GeM "
                     "(p = 3), plus the sum of the unit vectors over the sizes (multi-scale), and score every variant "
                     "by exact cosine search with `cbmir eval`'s queries: mAP@10 and P@10 with 95% bootstrap CIs and "
                     "the paired mAP@10 difference to the default (average pooling at the backbone's input size, "
-                    "what ingest stores). Label-free, no training. Writes results/bench/<timestamp>/features.json, "
+                    "what ingest stores); also CLAHE and an aspect-preserving (padded) resize at the input size. "
+                    "Label-free, no training. Writes results/bench/<timestamp>/features.json, "
                     "a PNG and a table (docs/quality.md quotes it).")
     features.add_argument("datasets", nargs="+", help="presets of `cbmir eval` (brain-mri, mias-tissue, ...)")
     features.add_argument("--sizes", type=_positive_ints, default=(224, 320),
