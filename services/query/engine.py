@@ -253,11 +253,11 @@ class RetrievalEngine:
                                     f"--rerank-descriptor {query.rerank} to re-rank")
         return collection
 
-    @staticmethod
-    def k_prep(query: SearchQuery) -> int:
+    def k_prep(self, query: SearchQuery) -> int:
         # k-reciprocal neighbourhoods need a shortlist a few times their k; a descriptor re-orders seed 003's 10.
+        # A default never exceeds what this server lets a request ask for; an explicit k_prep is validated.
         default = DEFAULT_SHORTLIST if query.rerank == K_RECIPROCAL else DEFAULT_K_PREP
-        return query.k_prep or max(default, query.top_k)
+        return query.k_prep or max(min(default, self.max_top_k), query.top_k)
 
     @staticmethod
     def _call_store(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

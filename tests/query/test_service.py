@@ -239,6 +239,14 @@ def test_k_reciprocal_rerank_reorders_the_shortlist_by_its_stored_vectors(servic
     assert default.reranked and len(default.hits) == 5
 
 
+def test_k_reciprocal_default_shortlist_stays_within_the_servers_top_k_limit(service, model: EmbeddingModel) -> None:
+    """A server whose max_top_k is under the 50-hit default shortlist re-ranks what it may return, not an error."""
+    _, store, _ = service
+    engine = RetrievalEngine(store, model, COLLECTION, max_top_k=20)
+    result = engine.search(SearchQuery(vector=np.ones(model.dim, dtype=np.float32), top_k=5, rerank="kreciprocal"))
+    assert result.reranked and len(result.hits) == 5
+
+
 def test_rerank_by_stored_id_uses_the_stored_descriptor(service) -> None:
     client, _, archive = service
     query_id = image_id(decode_image(_train_images(archive)[6].read_bytes()).content_key, read_default_salt())
