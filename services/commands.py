@@ -112,7 +112,10 @@ def _parse_filters(items: list[str]) -> dict[str, str]:
     return filters
 
 
-def print_hits(reply: Any, out: Any = sys.stdout) -> None:
+RERANK_SHOWN = {"hog": "HOG", "kreciprocal": "k-reciprocal neighbourhoods"}
+
+
+def print_hits(reply: Any, out: Any = sys.stdout, rerank: str = "hog") -> None:
     t = reply.timings
     print(f"collection {reply.collection}  model {reply.model_id}  "
           f"decode {t.decode_ms:.1f} ms  embed {t.embed_ms:.1f} ms  search {t.search_ms:.1f} ms  "
@@ -122,7 +125,7 @@ def print_hits(reply: Any, out: Any = sys.stdout) -> None:
     if reply.prefilter_note:
         print(f"prefilter: {reply.prefilter_note}", file=out)
     if reply.reranked:
-        print("re-ranked by HOG", file=out)
+        print(f"re-ranked by {RERANK_SHOWN.get(rerank, rerank)}", file=out)
     # The server sends `source` only with `serve --return-source`: no empty column otherwise.
     sourced = any(hit.source for hit in reply.hits)
     print(f"{'rank':>4}  {'score':>8}  {'label':<16} {'modality':<8} {'id':<14}{' source' if sourced else ''}".rstrip(),
@@ -169,7 +172,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
     else:
-        print_hits(reply)
+        print_hits(reply, rerank=args.rerank)
     return 0
 
 

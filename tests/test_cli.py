@@ -94,3 +94,16 @@ def test_search_of_a_directory_is_one_clear_line_and_exit_2(tmp_path: Path,
     err = capsys.readouterr().err.strip()
     assert err == (f"cbmir: error: {tmp_path} is a directory: a search takes one image file (to index a folder, "
                    "use `cbmir ingest --source DIR`)")
+
+
+@pytest.mark.parametrize(("rerank", "shown"), [("hog", "re-ranked by HOG"),
+                                               ("kreciprocal", "re-ranked by k-reciprocal neighbourhoods")])
+def test_search_output_names_the_re_ranking_that_ran(rerank: str, shown: str) -> None:
+    import io
+
+    from cbmir.services.commands import print_hits
+    from cbmir.services.query.proto import retrieval_pb2
+
+    out = io.StringIO()
+    print_hits(retrieval_pb2.SearchResponse(reranked=True, collection="c"), out, rerank=rerank)
+    assert shown in out.getvalue()
