@@ -71,15 +71,14 @@ def embed_variants(items: Sequence[SourceItem], sizes: Sequence[int] = DEFAULT_S
     parts.update({f"clahe-avg{base.input_size}": [], f"padded-avg{base.input_size}": []})
     for start in tqdm(range(0, len(items), batch), desc="embed", unit="batch", file=sys.stderr, disable=not progress):
         chunk = items[start:start + batch]
+        decoded = {size: [decode_item(item, size) for item in chunk] for size in {*sizes, base.input_size}}
         for size in sizes:
-            prep = replace(model.preprocessing, input_size=size)
-            maps = model.feature_maps(to_batch_tensor([decode_item(item, size) for item in chunk], prep))
+            maps = model.feature_maps(to_batch_tensor(decoded[size], replace(base, input_size=size)))
             parts[f"avg{size}"].append(maps.mean(dim=(2, 3)).numpy())
             parts[f"gem{size}"].append(maps.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P).numpy())
-        for name, prepare in ((f"clahe-avg{base.input_size}", lambda item: clahe(decode_item(item, base.input_size))),
-                              (f"padded-avg{base.input_size}", lambda item: padded_square(decode_item(item)))):
-            maps = model.feature_maps(to_batch_tensor([prepare(item) for item in chunk], base))
-            parts[name].append(maps.mean(dim=(2, 3)).numpy())
+        for name, images in ((f"clahe-avg{base.input_size}", [clahe(p) for p in decoded[base.input_size]]),
+                             (f"padded-avg{base.input_size}", [padded_square(decode_item(item)) for item in chunk])):
+            parts[name].append(model.feature_maps(to_batch_tensor(images, base)).mean(dim=(2, 3)).numpy())
     vectors = {name: np.concatenate(v) for name, v in parts.items()}
     if len(sizes) > 1:
         for pool in ("avg", "gem"):
