@@ -283,7 +283,8 @@ def cmd_bench_features(args: argparse.Namespace) -> int:
     from cbmir.bench.quality.features import feature_grid, feature_plot, feature_table
 
     return _per_dataset_bench(args, "features", lambda spec: feature_grid(
-        spec, args.sizes, limit=args.limit or None, progress=not args.no_progress), feature_plot, feature_table)
+        spec, args.sizes, limit=args.limit or None, progress=not args.no_progress, dba_ks=args.dba_k),
+        feature_plot, feature_table)
 
 
 def _per_dataset_bench(args: argparse.Namespace, name: str, grid: Callable[[Any], dict[str, Any]],
@@ -596,17 +597,22 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     precision.set_defaults(func=cmd_bench_precision)
 
     features = bench_sub.add_parser(
-        "features", help="retrieval quality of S1's feature variants (GeM, larger input, two scales, CLAHE, padding)",
+        "features", help="retrieval quality of S1's feature variants (GeM, larger input, two scales, CLAHE, padding, "
+                         "database-side augmentation)",
         description="Embed each data set with the ImageNet backbone at each --sizes, pooled by average and by GeM "
                     "(p = 3), plus the sum of the unit vectors over the sizes (multi-scale), and score every variant "
                     "by exact cosine search with `cbmir eval`'s queries: mAP@10 and P@10 with 95% bootstrap CIs and "
                     "the paired mAP@10 difference to the default (average pooling at the backbone's input size, "
-                    "what ingest stores); also CLAHE and an aspect-preserving (padded) resize at the input size. "
+                    "what ingest stores); also CLAHE and an aspect-preserving (padded) resize at the input size, and "
+                    "database-side augmentation of the default vectors (each indexed vector replaced by the "
+                    "cosine^3-weighted sum of its --dba-k nearest indexed neighbours; queries unchanged). "
                     "Label-free, no training. Writes results/bench/<timestamp>/features.json, "
                     "a PNG and a table (docs/quality.md quotes it).")
     features.add_argument("datasets", nargs="+", help="presets of `cbmir eval` (brain-mri, mias-tissue, ...)")
     features.add_argument("--sizes", type=_positive_ints, default=(224, 320),
                           help="input sizes, comma list (default 224,320)")
+    features.add_argument("--dba-k", type=_positive_ints, default=(3, 5),
+                          help="neighbours (self included) of database-side augmentation, comma list (default 3,5)")
     features.add_argument("--limit", type=int, default=0, help="index images per data set, 0 = all")
     features.add_argument("--no-progress", action="store_true")
     _add_out_flag(features)

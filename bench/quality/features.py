@@ -1,5 +1,6 @@
 """What pooling, input size and preprocessing do to S1's vectors: GeM against average pooling, a larger input, two
-scales at once, CLAHE, and an aspect-preserving (padded) resize instead of the squash.
+scales at once, CLAHE, an aspect-preserving (padded) resize instead of the squash, and database-side augmentation
+of the default vectors (`dba<k>-avg<size>`, bench/quality/dba.py).
 
 Label-free feature variants (issue 18, item 2) of the ImageNet backbone, no training: each is scored alone on a
 data set by exact cosine search (`precision.ExactProtocol`, the queries and index of `cbmir eval`), beside the
@@ -20,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cbmir.bench.quality.datasets import DatasetSpec, decode_item
+from cbmir.bench.quality.dba import DBA_ALPHA, dba_rankings
 from cbmir.bench.quality.precision import DEPTH, exact_protocol
 from cbmir.bench.quality.scoring import relevance, score
 from cbmir.bench.quality.stats import bootstrap_mean
@@ -28,6 +30,7 @@ from cbmir.services import ranking_metrics as metrics
 
 GEM_P = 3.0  # generalized-mean exponent (Radenović et al. 2018): between average (1) and max (∞) pooling
 DEFAULT_SIZES = (224, 320)
+DEFAULT_DBA_KS = (3, 5)  # neighbours per indexed vector in database-side augmentation (self included)
 
 
 def clahe(pixels: np.ndarray) -> np.ndarray:
@@ -87,15 +90,18 @@ def embed_variants(items: Sequence[SourceItem], sizes: Sequence[int] = DEFAULT_S
 
 
 def feature_grid(spec: DatasetSpec, sizes: Sequence[int] = DEFAULT_SIZES, limit: int | None = None,
-                 resamples: int = 2000, progress: bool = True) -> dict[str, Any]:
+                 resamples: int = 2000, progress: bool = True,
+                 dba_ks: Sequence[int] = DEFAULT_DBA_KS) -> dict[str, Any]:
     """Every variant of one data set: mAP@10 and P@10 with CIs, and the paired mAP@10 difference to the default."""
     started = time.perf_counter()
     protocol = exact_protocol(spec, limit)
     vectors, input_size = embed_variants(protocol.items, sizes, progress=progress)
     default = f"avg{input_size}"
+    ranked = {name: protocol.rank(v) for name, v in vectors.items()}
+    for k in dba_ks:  # the stored default vectors with the index augmented: no new embedding
+        ranked[f"dba{k}-{default}"] = dba_rankings(protocol, vectors[default], k)
     per_query, cells = {}, []
-    for name, v in vectors.items():
-        rankings = protocol.rank(v)
+    for name, rankings in ranked.items():
         per_query[name] = metrics.seed003_average_precision(relevance(rankings, DEPTH))
         figures = score(rankings, [DEPTH], ks=(1, DEPTH), resamples=resamples, by_group=protocol.lopo)["figures"]
         cells.append({"variant": name, "mAP@10": figures["mAP@10"], "P@10": figures[f"P@{DEPTH}"]})
@@ -105,6 +111,7 @@ def feature_grid(spec: DatasetSpec, sizes: Sequence[int] = DEFAULT_SIZES, limit:
                                            if delta is not None else None)
     return {"dataset": spec.name, "protocol": spec.protocol, "index_images": protocol.n_index,
             "queries": len(protocol.queries), "limit": limit, "sizes": list(sizes), "gem_p": GEM_P,
+            "dba_ks": list(dba_ks), "dba_alpha": DBA_ALPHA,
             "default": default, "cells": cells, "seconds": time.perf_counter() - started}
 
 

@@ -93,6 +93,12 @@ class ExactProtocol:
         asked = vectors if query_vectors is None else query_vectors
         return _rank(self.index, self.ids, vectors[: self.n_index], self.queries, asked[self.query_rows])
 
+    def rank_subset(self, index_vectors: np.ndarray, vectors: np.ndarray, rows: Sequence[int]) -> list[Ranking]:
+        """Exact cosine top-DEPTH of the queries at `rows` (their vectors from `vectors`, all items' rows) over
+        `index_vectors` in place of the indexed rows, e.g. an index transformed after embedding."""
+        return _rank(self.index, self.ids, index_vectors, [self.queries[n] for n in rows],
+                     vectors[[self.query_rows[n] for n in rows]])
+
 
 def exact_protocol(spec: DatasetSpec, limit: int | None = None) -> ExactProtocol:
     groups = spec.groups()

@@ -13,7 +13,7 @@ def test_every_variant_is_scored_with_a_paired_difference_to_the_default() -> No
     record = feature_grid(PRESETS["breastmnist-subset"], sizes=(224, 256), limit=24, resamples=200, progress=False)
     cells = {c["variant"]: c for c in record["cells"]}
     assert set(cells) == {"avg224", "gem224", "avg256", "gem256", "multiscale-avg", "multiscale-gem", "clahe-avg224",
-                          "padded-avg224"}
+                          "padded-avg224", "dba3-avg224", "dba5-avg224"}
     assert record["default"] == "avg224"
     default = cells["avg224"]["delta_mAP@10_vs_default"]
     assert default["mean"] == 0.0 and default["ci_low"] == 0.0 == default["ci_high"]
@@ -61,3 +61,46 @@ def test_padding_keeps_the_aspect_and_clahe_stays_in_range() -> None:
     equalised = clahe(ramp)
     assert equalised.shape == ramp.shape and equalised.min() >= 0.0 and equalised.max() <= 1.0
     assert np.ptp(equalised) > np.ptp(ramp) / 255  # contrast stretched
+
+
+def test_database_side_augmentation_pulls_each_vector_towards_its_neighbours() -> None:
+    from cbmir.bench.quality.dba import augmented
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 16))
+    x = np.concatenate([centres[0] + 0.3 * rng.normal(size=(5, 16)), centres[1] + 0.3 * rng.normal(size=(5, 16))])
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert np.allclose(augmented(x, k=1), unit)  # only itself: unchanged
+    out = augmented(x, k=5)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0)
+    centre = centres[0] / np.linalg.norm(centres[0])
+    assert (out[:5] @ centre).mean() > (unit[:5] @ centre).mean()  # closer to its cluster than before
+
+
+def test_excluded_rows_are_nobodys_neighbour() -> None:
+    """Under leave-one-patient-out the query's patient is excluded: no indexed vector may carry its vectors."""
+    from cbmir.bench.quality.dba import augmented
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(8, 6))
+    excluded = np.zeros(8, dtype=bool)
+    excluded[[2, 5]] = True
+    with_query = augmented(x, k=3, excluded=excluded)
+    moved = x.copy()
+    moved[[2, 5]] = rng.normal(size=(2, 6)) * 100  # whatever the query's vectors are, the rest does not change
+    assert np.allclose(augmented(moved, k=3, excluded=excluded)[~excluded], with_query[~excluded])
+    assert np.allclose(with_query[excluded], x[excluded] / np.linalg.norm(x[excluded], axis=1, keepdims=True))
+    assert not np.allclose(augmented(moved, k=3)[~excluded], augmented(x, k=3)[~excluded])  # the guard matters
+
+
+def test_leave_one_patient_out_ranks_every_query_in_order_without_its_patient() -> None:
+    from cbmir.bench.quality.dba import dba_rankings
+    from cbmir.bench.quality.precision import exact_protocol
+
+    protocol = exact_protocol(PRESETS["mias-tissue"], limit=30)
+    vectors = np.random.default_rng(2).normal(size=(len(protocol.items), 8))
+    rankings = dba_rankings(protocol, vectors, k=3)
+    assert [r.query for r in rankings] == protocol.queries
+    group_of = {i: protocol.index.by_id[i].group for i in protocol.ids}
+    for ranking in rankings:
+        assert ranking.hits[10] and all(group_of[h] != ranking.query.group for h in ranking.hits[10])
