@@ -15,6 +15,7 @@ from cbmir.bench.pipeline import (
     GpuUtilisation,
     IngestBenchConfig,
     QueryBenchConfig,
+    bare_model_rate_processes,
     ingest_plot,
     ingest_table,
     query_plot,
@@ -60,6 +61,9 @@ def test_ingest_bench_puts_the_pipeline_beside_the_limit_of_decode_plus_model(ra
     # sharing the cores, one image costs the decode's time plus the model's: the limit is below both
     assert run["limit_img_s"] == pytest.approx(1 / (1 / run["bare_decode_img_s"] + 1 / run["bare_model_img_s"]))
     assert run["limit_img_s"] < min(run["bare_decode_img_s"], run["bare_model_img_s"])
+    # The limit takes the model at its best: one process with every core's threads, or one 1-thread copy per core.
+    assert run["bare_model_threads_img_s"] > 0 and run["bare_model_processes_img_s"] > 0
+    assert run["bare_model_img_s"] == max(run["bare_model_threads_img_s"], run["bare_model_processes_img_s"])
     assert run["ratio_to_limit"] == pytest.approx(run["pipeline_img_s"] / run["limit_img_s"])
     # Start-up inside the pipeline (first batch back) and the rate after it, against the same limit.
     assert 0 < run["first_batch_s"] < 16 / run["pipeline_img_s"]
@@ -121,3 +125,13 @@ def test_process_cpu_counts_children_born_during_the_run_and_the_driver() -> Non
     assert summary["cpu_seconds"]["ray"] >= 0.5  # the child's 0.6 s, titled like no Ray worker
     assert summary["cpu_seconds"]["driver"] > 0
     assert summary["cpu_ms_per_image"]["ray"] == pytest.approx(100 * summary["cpu_seconds"]["ray"], abs=0.6)
+
+
+def test_bare_model_in_single_thread_processes_leaves_no_process_behind() -> None:
+    import multiprocessing
+
+    import numpy as np
+
+    images = [np.full((224, 224, 3), shade, dtype=np.uint8) for shade in range(0, 240, 30)]
+    assert bare_model_rate_processes(images, batch_size=4, processes=2) > 0
+    assert multiprocessing.active_children() == []
