@@ -27,7 +27,13 @@ def augmented(index_vectors: np.ndarray, k: int, alpha: float = DBA_ALPHA,
     """Unit vectors of the index after αDBA over its k nearest neighbours (self first). `excluded` rows
     (a boolean mask) are never anyone's neighbour; their own rows are left as they were."""
     x = _unit(np.asarray(index_vectors, dtype=np.float64))
-    sims = x @ x.T
+    return _augmented_unit(x, x @ x.T, k, alpha, excluded)
+
+
+def _augmented_unit(x: np.ndarray, sims: np.ndarray, k: int, alpha: float,
+                    excluded: np.ndarray | None) -> np.ndarray:
+    """`augmented` on unit rows `x` with their cosine matrix `sims` (not modified), computed once by the caller."""
+    sims = sims.copy()
     if excluded is not None:
         sims[:, excluded] = -np.inf
     np.fill_diagonal(sims, np.inf)  # each vector is its own first neighbour, whatever the mask
@@ -46,10 +52,12 @@ def dba_rankings(protocol: ExactProtocol, vectors: np.ndarray, k: int, alpha: fl
     if not protocol.lopo:
         return protocol.rank_subset(augmented(index_vectors, k, alpha), vectors, range(len(protocol.queries)))
     index_groups = np.array([protocol.index.by_id[i].group for i in protocol.ids])
+    x = _unit(np.asarray(index_vectors, dtype=np.float64))
+    sims = x @ x.T  # once: each query patient only masks its own columns
     rankings: list[Ranking | None] = [None] * len(protocol.queries)
     for group in sorted({q.group for q in protocol.queries}):
         rows = [n for n, q in enumerate(protocol.queries) if q.group == group]
-        index_aug = augmented(index_vectors, k, alpha, excluded=index_groups == group)
+        index_aug = _augmented_unit(x, sims, k, alpha, excluded=index_groups == group)
         for n, ranking in zip(rows, protocol.rank_subset(index_aug, vectors, rows), strict=True):
             rankings[n] = ranking
     return [r for r in rankings if r is not None]
