@@ -93,19 +93,31 @@ def test_local_ray_starts_several_times_in_a_row_and_shuts_down_each_time() -> N
 
 def test_sigkilled_ingest_leaves_no_orphans_after_the_next_start(breastmnist_png_archive: Path,
                                                                  tmp_path: Path) -> None:
-    ingest = subprocess.Popen(
-        [str(CBMIR), "ingest", str(breastmnist_png_archive), "--milvus-uri", str(tmp_path / "k.db"), "--no-progress",
-         "--report", str(tmp_path / "report.json"), "--limit", "8",
-         "--backbone", "squeezenet1_1", "--random-init"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The whole archive, so the run is still going when its Ray is up; its stderr kept to say why if it is not.
+    stderr = tmp_path / "ingest.stderr"
+    with open(stderr, "wb") as sink:
+        ingest = subprocess.Popen(
+            [str(CBMIR), "ingest", str(breastmnist_png_archive), "--milvus-uri", str(tmp_path / "k.db"),
+             "--no-progress", "--report", str(tmp_path / "report.json"), "--batch-size", "4",
+             "--backbone", "squeezenet1_1", "--random-init"],
+            stdout=subprocess.DEVNULL, stderr=sink)
+
+    def while_running(predicate):
+        def check():
+            if ingest.poll() is not None:
+                raise AssertionError(f"the ingest exited ({ingest.returncode}) before the test could kill it; its "
+                                     f"stderr ends:\n{stderr.read_text(errors='replace')[-3000:]}")
+            return predicate()
+        return check
+
     try:
-        session = _wait_for(lambda: next(iter(Path("/tmp/ray").glob(f"session_*_{ingest.pid}")), None), 300,
-                            "the ingest's Ray session")
+        session = _wait_for(while_running(lambda: next(iter(Path("/tmp/ray").glob(f"session_*_{ingest.pid}")),
+                                                       None)), 300, "the ingest's Ray session")
         session = str(session)
-        _wait_for(lambda: {"raylet", "gcs_server"} <= set(_session_processes(session).values()), 300,
+        _wait_for(while_running(lambda: {"raylet", "gcs_server"} <= set(_session_processes(session).values())), 300,
                   "the ingest's raylet and GCS")
-        _wait_for(lambda: sum(n.startswith("ray::") for n in _session_processes(session).values()) >= 2, 300,
-                  "the raylet's agents")
+        _wait_for(while_running(lambda: sum(n.startswith("ray::") for n in _session_processes(session).values())
+                                >= 2), 300, "the raylet's agents")
     finally:
         os.kill(ingest.pid, signal.SIGKILL)
         ingest.wait()
