@@ -130,6 +130,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     out_dir = _out_dir(args.out)
     config = IngestBenchConfig(source=source, split=split, actors=_ints(args.actors),
                                batch_sizes=_ints(args.batch_sizes), limit=args.limit or None,
+                               marginal_from=args.marginal_from,
                                read_cpus=tuple(float(x) for x in _words(args.read_cpus)) if args.read_cpus
                                else (None,),
                                device=args.device, precision=args.precision, gpus_per_actor=args.gpus_per_actor,
@@ -463,6 +464,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     ingest.add_argument("--actors", default="1,2", help="(default %(default)s)")
     ingest.add_argument("--batch-sizes", default="16,32", help="(default %(default)s)")
     ingest.add_argument("--limit", type=int, default=400, help="images per run, 0 = all (default %(default)s)")
+    ingest.add_argument("--marginal-from", type=int, default=0, metavar="N",
+                        help="also run each configuration on its first N images: the difference is the rate with "
+                             "Ray's and the actors' start-up taken out, what an archive of millions runs at (default "
+                             "off)")
     ingest.add_argument("--read-cpus", default="",
                         help="CPUs per read+decode task to compare, comma list (e.g. 0.5,0.25; default: the plan's "
                              "own, as `cbmir ingest` runs)")

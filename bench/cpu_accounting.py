@@ -34,6 +34,22 @@ def role_of(title: str, previous: str = "ray") -> str:
     return "ray"  # raylet, GCS, agents, a worker still starting: Ray's own share
 
 
+def process_name(title: str) -> str:
+    """A short name for a process of Ray's share: its Ray title (ray::IDLE, ray::_StatsActor), else its program
+    (gcs_server, raylet), or for a Python program its script (dashboard/agent.py)."""
+    words = title.split()
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        return words[0]
+    program = Path(words[0]).name
+    if program.startswith("python"):
+        script = next((Path(w) for w in words[1:] if w.endswith(".py")), None)
+        if script is not None:
+            return f"{script.parent.name}/{script.name}"
+    return program
+
+
 def _processes() -> dict[int, tuple[int, str, float]]:
     """pid -> (parent pid, title, CPU seconds so far) of every process readable now."""
     found = {}
@@ -78,6 +94,7 @@ spent in an interval goes to the role the process has at its end.
         self._last: dict[int, float] = {}  # CPU seconds of each process at its last sample
         self._role: dict[int, str] = {}
         self._spent: dict[str, float] = dict.fromkeys(ROLES, 0.0)
+        self._ray_by_name: dict[str, float] = {}  # Ray's share, by process_name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._wall = 0.0
@@ -97,7 +114,11 @@ spent in an interval goes to the role the process has at its end.
         for pid in descendants(processes, os.getpid()):
             _, title, seconds = processes[pid]
             role = self._role[pid] = role_of(title, self._role.get(pid, "ray"))
-            self._spent[role] += max(0.0, seconds - self._last.get(pid, 0.0))
+            spent = max(0.0, seconds - self._last.get(pid, 0.0))
+            self._spent[role] += spent
+            if role == "ray" and spent:
+                name = process_name(title)
+                self._ray_by_name[name] = self._ray_by_name.get(name, 0.0) + spent
             self._last[pid] = seconds
 
     def _run(self) -> None:
@@ -122,5 +143,7 @@ spent in an interval goes to the role the process has at its end.
         return {"cpu_seconds": {role: round(value, 2) for role, value in seconds.items()},
                 "cpu_ms_per_image": {role: round(1000 * value / images, 1) if images else None
                                      for role, value in seconds.items()},
+                "ray_cpu_seconds_by_process": {name: round(value, 2) for name, value in sorted(
+                    self._ray_by_name.items(), key=lambda item: -item[1])},
                 "cpu_wall_seconds": round(self._wall, 2),
                 "cpu_busy_fraction": round(total / (self._wall * cores), 3) if self._wall else None}

@@ -173,6 +173,9 @@ class IngestBenchConfig(BenchSource):
     batch_sizes: tuple[int, ...] = (16, 32)
     read_cpus: tuple[float | None, ...] = (None,)  # CPUs per read task to compare; None: the plan's own
     limit: int | None = 400
+    # Also run each configuration on this many images first: the difference between the two runs is the rate
+    # with start-up taken out (marginal_rate). 0: one run per configuration.
+    marginal_from: int = 0
     bare_images: int = 128
     decode_images: int = 64
     device: str = "cpu"  # cuda: the actors (and the bare model) on the GPU, decode on the CPUs feeding them
@@ -298,9 +301,52 @@ def limit_rate(bare_decode_img_s: float, bare_model_img_s: float) -> float:
     return 1.0 / (1.0 / bare_decode_img_s + 1.0 / bare_model_img_s)
 
 
+def pipeline_run(config: IngestBenchConfig, baseline: dict[str, Any], *, images: int | None, actors: int,
+                 batch_size: int, read_cpus: float | None) -> dict[str, Any]:
+    """One `run_ingestion` of `images` into a fresh collection, beside the bare figures of `baseline`."""
+    from cbmir.ingestion import run_ingestion
+
+    uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
+    with GpuUtilisation(config.device) as pipeline_gpu, ProcessCpu() as pipeline_cpu:
+        report = run_ingestion(config.ingest_config(
+            milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size, limit=images,
+            report_path=None, progress=False, device=config.device, precision=config.precision,
+            gpus_per_actor=config.gpus_per_actor, read_cpus=read_cpus))
+    # pipeline_seconds runs from the first read to the last write: Ray start-up is out, the actors' model loading
+    # is in. "steady" (after the first batch returns) over-counts when actors ran ahead.
+    rate = report.read / report.pipeline_seconds if report.pipeline_seconds else 0.0
+    bare, limit = baseline["bare_model_img_s"], baseline["limit_img_s"]
+    return {"actors": actors, "batch_size": batch_size, "images": report.read,
+            "read_cpus": report.ray_plan.get("read_cpus"), "ray_plan": dict(report.ray_plan),
+            "end_to_end_img_s": report.images_per_second, "pipeline_img_s": rate,
+            "pipeline_seconds": report.pipeline_seconds, "steady_img_s": report.steady_images_per_second,
+            "first_batch_s": report.first_batch_seconds,
+            # The per-image rate a long run settles at, against the same limit (start-up left out).
+            "steady_ratio_to_limit": report.steady_images_per_second / limit if limit else 0.0,
+            "ratio_pipeline_to_bare": rate / bare if bare else 0.0,
+            "ratio_to_limit": rate / limit if limit else 0.0, **baseline,
+            "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds, "device": config.device,
+            "pipeline_gpu": pipeline_gpu.summary(), **pipeline_cpu.summary(report.read)}
+
+
+def marginal_rate(base: dict[str, Any], run: dict[str, Any], limit: float) -> dict[str, Any]:
+    """The rate of the images `run` ingests past the `base` run's (the same configuration on fewer images): what
+    each image costs once start-up is paid, which is what an archive of millions runs at. The fixed start-up is
+    what is left of the longer run's time: its seconds minus its images at that rate. The rate is None when the
+    longer run was not the slower one (too few extra images to tell from the noise)."""
+    extra = run["images"] - base["images"]
+    seconds = run["pipeline_seconds"] - base["pipeline_seconds"]
+    measured = {"from_images": base["images"], "to_images": run["images"], "base_run": base}
+    if extra <= 0 or seconds <= 0:
+        return {**measured, "img_s": None}
+    rate = extra / seconds
+    return {**measured, "img_s": rate, "ratio_to_limit": rate / limit if limit else 0.0,
+            "ratio_to_bare": rate / run["bare_model_img_s"] if run["bare_model_img_s"] else 0.0,
+            "fixed_start_up_s": run["pipeline_seconds"] - run["images"] / rate}
+
+
 def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[str, Any]:
     from cbmir.bench.decode import INPUT_SIZE, bare_decode_rate
-    from cbmir.ingestion import run_ingestion
     from cbmir.services.embedding import ImageDecodeError
     from cbmir.services.embedding.resize import decode_resized
 
@@ -331,40 +377,30 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
         progress(f"bare model on {config.device}, batch {batch_size}: {bare_threads:.1f} img/s in one process"
                  + (f", {bare_processes:.1f} img/s as {cores} single-thread processes" if bare_processes
                     else ""))
+        gpu = config.device.startswith("cuda")
+        # On a GPU the model does not take the decoders' cores: the slower of the two stages bounds the run.
+        limit = min(bare_decode, bare) if gpu else limit_rate(bare_decode, bare)
+        baseline = {"bare_model_img_s": bare, "bare_model_threads_img_s": bare_threads,
+                    "bare_model_processes_img_s": bare_processes, "bare_decode_img_s": bare_decode,
+                    "limit_img_s": limit,
+                    "limit_basis": "decode on the CPUs, model on the GPU: min(bare_decode, bare_model)" if gpu
+                                   else "decode and model share the cores: 1 / (1/bare_decode + 1/bare_model)",
+                    "bare_gpu": bare_gpu.summary()}
         for actors, read_cpus in itertools.product(config.actors, config.read_cpus):
-            uri = str(Path(tempfile.mkdtemp(prefix="cbmir-bench-")) / "ingest.db")  # fresh: nothing skipped
-            with GpuUtilisation(config.device) as pipeline_gpu, ProcessCpu() as pipeline_cpu:
-                report = run_ingestion(config.ingest_config(
-                    milvus_uri=uri, collection="bench_ingest", actors=actors, batch_size=batch_size,
-                    limit=config.limit, report_path=None, progress=False, device=config.device,
-                    precision=config.precision, gpus_per_actor=config.gpus_per_actor, read_cpus=read_cpus))
-            # pipeline_seconds runs from the first read to the last write: Ray start-up is out, the actors' model
-            # loading is in. "steady" (after the first batch returns) over-counts when actors ran ahead.
-            pipeline_rate = report.read / report.pipeline_seconds if report.pipeline_seconds else 0.0
-            # On a GPU the model does not take the decoders' cores: the slower of the two stages bounds the run.
-            gpu = config.device.startswith("cuda")
-            limit = min(bare_decode, bare) if gpu else limit_rate(bare_decode, bare)
-            run = {"actors": actors, "batch_size": batch_size, "images": report.read,
-                   "read_cpus": report.ray_plan.get("read_cpus"), "ray_plan": dict(report.ray_plan),
-                   "end_to_end_img_s": report.images_per_second, "pipeline_img_s": pipeline_rate,
-                   "steady_img_s": report.steady_images_per_second, "bare_model_img_s": bare,
-                   "bare_model_threads_img_s": bare_threads, "bare_model_processes_img_s": bare_processes,
-                   "first_batch_s": report.first_batch_seconds,
-                   # The per-image rate a long run settles at, against the same limit (start-up left out).
-                   "steady_ratio_to_limit": report.steady_images_per_second / limit if limit else 0.0,
-                   "ratio_pipeline_to_bare": pipeline_rate / bare if bare else 0.0,
-                   "bare_decode_img_s": bare_decode, "limit_img_s": limit,
-                   "limit_basis": "decode on the CPUs, model on the GPU: min(bare_decode, bare_model)" if gpu else
-                                  "decode and model share the cores: 1 / (1/bare_decode + 1/bare_model)",
-                   "ratio_to_limit": pipeline_rate / limit if limit else 0.0,
-                   "stage_seconds": dict(report.stage_seconds), "seconds": report.seconds,
-                   "device": config.device, "bare_gpu": bare_gpu.summary(), "pipeline_gpu": pipeline_gpu.summary(),
-                   **pipeline_cpu.summary(report.read)}
+            shape = {"actors": actors, "batch_size": batch_size, "read_cpus": read_cpus}
+            base = pipeline_run(config, baseline, images=config.marginal_from, **shape) if config.marginal_from \
+                else None
+            run = pipeline_run(config, baseline, images=config.limit, **shape)
+            if base is not None:
+                run["marginal"] = marginal_rate(base, run, limit)
             runs.append(run)
             progress(f"{actors} actor(s), batch {batch_size}, read tasks {run['read_cpus']} CPU: "
-                     f"{pipeline_rate:.1f} img/s in the pipeline "
+                     f"{run['pipeline_img_s']:.1f} img/s in the pipeline "
                      f"({run['ratio_pipeline_to_bare']:.2f}x bare, {run['ratio_to_limit']:.2f}x the limit "
-                     f"{limit:.1f}), {report.images_per_second:.1f} end to end")
+                     f"{limit:.1f}), {run['end_to_end_img_s']:.1f} end to end"
+                     + (f"; past the first {base['images']} images {run['marginal']['img_s']:.1f} img/s = "
+                        f"{run['marginal']['ratio_to_limit']:.2f}x the limit"
+                        if run.get("marginal", {}).get("img_s") else ""))
     for run in runs:
         one = next((r for r in runs if r["actors"] == 1 and r["batch_size"] == run["batch_size"]
                     and r["read_cpus"] == run["read_cpus"]), None)
@@ -392,6 +428,14 @@ def ingest_table(record: dict[str, Any]) -> str:
             per_image = ", ".join(f"{role} {ms}" for role, ms in r["cpu_ms_per_image"].items())
             lines.append(f"{'':6s} CPU ms per image (start-up included): {per_image}; cores busy "
                          f"{100 * r['cpu_busy_fraction']:.0f}% of {r['cpu_wall_seconds']:.0f} s")
+        if r.get("ray_cpu_seconds_by_process"):
+            top = ", ".join(f"{name} {sec}" for name, sec in list(r["ray_cpu_seconds_by_process"].items())[:6])
+            lines.append(f"{'':6s} Ray's share, core-s: {top}")
+        if r.get("marginal", {}).get("img_s"):
+            m = r["marginal"]
+            lines.append(f"{'':6s} start-up taken out (images {m['from_images']} -> {m['to_images']}): "
+                         f"{m['img_s']:.1f} img/s = {m['ratio_to_limit']:.2f}x the limit, {m['ratio_to_bare']:.2f}x "
+                         f"bare; fixed start-up {m['fixed_start_up_s']:.1f} s of the {r['images']}-image run")
         if r.get("steady_img_s"):
             lines.append(f"{'':6s} first batch back {r.get('first_batch_s', 0):.1f} s after the first read; then "
                          f"{r['steady_img_s']:.1f} img/s = {r.get('steady_ratio_to_limit', 0):.2f}x the limit")
@@ -420,6 +464,11 @@ def ingest_plot(record: dict[str, Any], out_dir: Path) -> Path:
             label = f"pipeline, batch {batch_size}" + (f", read tasks {read_cpus} CPU" if sweeps_read_cpus else "")
             line, = ax.plot([r["actors"] for r in runs], [r["pipeline_img_s"] for r in runs], marker="o",
                             label=label)
+            marginal = [r for r in runs if r.get("marginal", {}).get("img_s")]
+            if marginal:  # per image once start-up is paid: what an archive of millions runs at
+                ax.plot([r["actors"] for r in marginal], [r["marginal"]["img_s"] for r in marginal], marker="^",
+                        linestyle="--", color=line.get_color(),
+                        label=label + f", past the first {marginal[0]['marginal']['from_images']} images")
             steady = [r for r in runs if r.get("steady_img_s")]
             if steady:  # the rate once the first batch is back: start-up is what separates it from the line above
                 ax.plot([r["actors"] for r in steady], [r["steady_img_s"] for r in steady], marker="s",

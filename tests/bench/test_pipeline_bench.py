@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cbmir.bench.cpu_accounting import ProcessCpu, role_of
+from cbmir.bench.cpu_accounting import ProcessCpu, process_name, role_of
 from cbmir.bench.pipeline import (
     GpuUtilisation,
     IngestBenchConfig,
@@ -18,6 +18,7 @@ from cbmir.bench.pipeline import (
     bare_model_rate_processes,
     ingest_plot,
     ingest_table,
+    marginal_rate,
     query_plot,
     query_table,
     run_ingest_bench,
@@ -43,11 +44,33 @@ def test_query_bench_times_every_stage_of_real_grpc_queries(ray_local, breastmni
 def test_ingest_bench_compares_the_pipeline_with_the_bare_model(ray_local, breastmnist_png_archive: Path,
                                                                 tmp_path: Path) -> None:
     config = IngestBenchConfig(source=str(breastmnist_png_archive), split="train", actors=(1,), batch_sizes=(8,),
-                               limit=24, bare_images=16, decode_images=8)
+                               limit=24, marginal_from=8, bare_images=16, decode_images=8)
     record = run_ingest_bench(config, progress=lambda _: None)
     (run,) = record["runs"]
     assert run["images"] == 24 and run["bare_model_img_s"] > 0
     assert run["ratio_pipeline_to_bare"] == pytest.approx(run["pipeline_img_s"] / run["bare_model_img_s"])
+    # The same configuration ran on the first 8 images too, into a collection of its own.
+    base = run["marginal"]["base_run"]
+    assert (base["images"], run["marginal"]["from_images"], run["marginal"]["to_images"]) == (8, 8, 24)
+    assert base["actors"] == 1 and base["pipeline_seconds"] > 0
+
+
+def test_marginal_rate_is_the_rate_of_the_extra_images_and_the_rest_is_start_up() -> None:
+    base = {"images": 100, "pipeline_seconds": 20.0}
+    run = {"images": 300, "pipeline_seconds": 40.0, "bare_model_img_s": 40.0}
+
+    marginal = marginal_rate(base, run, limit=12.5)
+
+    assert marginal["img_s"] == pytest.approx(10.0)  # 200 more images in 20 more seconds
+    assert marginal["ratio_to_limit"] == pytest.approx(0.8) and marginal["ratio_to_bare"] == pytest.approx(0.25)
+    assert marginal["fixed_start_up_s"] == pytest.approx(10.0)  # 40 s for 300 images at 10 img/s: 10 s fixed
+    record = {"runs": [{**run, "actors": 2, "batch_size": 16, "read_cpus": 0.5, "end_to_end_img_s": 7.0,
+                        "pipeline_img_s": 7.5, "bare_decode_img_s": 20.0, "limit_img_s": 12.5,
+                        "ratio_to_limit": 0.6, "ratio_pipeline_to_bare": 0.19, "speedup_vs_1_actor": 1.0,
+                        "stage_seconds": {}, "marginal": marginal}]}
+    assert "start-up taken out (images 100 -> 300): 10.0 img/s = 0.80x the limit" in ingest_table(record)
+    # A longer run that was not slower says nothing: no rate rather than a negative or infinite one.
+    assert marginal_rate(base, {**run, "pipeline_seconds": 19.0}, limit=12.5)["img_s"] is None
 
 
 def test_ingest_bench_puts_the_pipeline_beside_the_limit_of_decode_plus_model(ray_local,
@@ -125,6 +148,18 @@ def test_process_cpu_counts_children_born_during_the_run_and_the_driver() -> Non
     assert summary["cpu_seconds"]["ray"] >= 0.5  # the child's 0.6 s, titled like no Ray worker
     assert summary["cpu_seconds"]["driver"] > 0
     assert summary["cpu_ms_per_image"]["ray"] == pytest.approx(100 * summary["cpu_seconds"]["ray"], abs=0.6)
+    # Ray's share is also split by process: the child here is a python program with no script.
+    assert sum(summary["ray_cpu_seconds_by_process"].values()) == pytest.approx(summary["cpu_seconds"]["ray"],
+                                                                                 abs=0.05)
+
+
+def test_ray_s_processes_are_named_by_title_program_or_script() -> None:
+    assert process_name("ray::IDLE") == "ray::IDLE"
+    assert process_name("ray::_StatsActor.update") == "ray::_StatsActor.update"
+    assert process_name("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --node-id=1") == "raylet"
+    assert process_name("/venv/bin/python -u /venv/lib/ray/dashboard/agent.py --node-ip-address=127.0.0.1") == \
+        "dashboard/agent.py"
+    assert process_name("") == "?"
 
 
 def test_bare_model_in_single_thread_processes_leaves_no_process_behind() -> None:
