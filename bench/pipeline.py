@@ -340,9 +340,12 @@ def marginal_rate(base: dict[str, Any], run: dict[str, Any], limit: float) -> di
     if extra <= 0 or seconds <= 0:
         return {**measured, "img_s": None}
     rate = extra / seconds
+    # Where each extra image's CPU went, by role (bench/cpu_accounting.py), start-up cancelled out.
+    cpu = {role: round(1000 * (spent - base.get("cpu_seconds", {}).get(role, 0.0)) / extra, 1)
+           for role, spent in run.get("cpu_seconds", {}).items()}
     return {**measured, "img_s": rate, "ratio_to_limit": rate / limit if limit else 0.0,
             "ratio_to_bare": rate / run["bare_model_img_s"] if run["bare_model_img_s"] else 0.0,
-            "fixed_start_up_s": run["pipeline_seconds"] - run["images"] / rate}
+            "fixed_start_up_s": run["pipeline_seconds"] - run["images"] / rate, "cpu_ms_per_extra_image": cpu}
 
 
 def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[str, Any]:
@@ -436,6 +439,9 @@ def ingest_table(record: dict[str, Any]) -> str:
             lines.append(f"{'':6s} start-up taken out (images {m['from_images']} -> {m['to_images']}): "
                          f"{m['img_s']:.1f} img/s = {m['ratio_to_limit']:.2f}x the limit, {m['ratio_to_bare']:.2f}x "
                          f"bare; fixed start-up {m['fixed_start_up_s']:.1f} s of the {r['images']}-image run")
+            if m.get("cpu_ms_per_extra_image"):
+                lines.append(f"{'':6s} CPU ms per extra image: "
+                             + ", ".join(f"{role} {ms}" for role, ms in m["cpu_ms_per_extra_image"].items()))
         if r.get("steady_img_s"):
             lines.append(f"{'':6s} first batch back {r.get('first_batch_s', 0):.1f} s after the first read; then "
                          f"{r['steady_img_s']:.1f} img/s = {r.get('steady_ratio_to_limit', 0):.2f}x the limit")

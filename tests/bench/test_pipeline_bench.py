@@ -56,14 +56,16 @@ def test_ingest_bench_compares_the_pipeline_with_the_bare_model(ray_local, breas
 
 
 def test_marginal_rate_is_the_rate_of_the_extra_images_and_the_rest_is_start_up() -> None:
-    base = {"images": 100, "pipeline_seconds": 20.0}
-    run = {"images": 300, "pipeline_seconds": 40.0, "bare_model_img_s": 40.0}
+    base = {"images": 100, "pipeline_seconds": 20.0, "cpu_seconds": {"read": 10.0, "embed": 6.0}}
+    run = {"images": 300, "pipeline_seconds": 40.0, "bare_model_img_s": 40.0,
+           "cpu_seconds": {"read": 30.0, "embed": 14.0}}
 
     marginal = marginal_rate(base, run, limit=12.5)
 
     assert marginal["img_s"] == pytest.approx(10.0)  # 200 more images in 20 more seconds
     assert marginal["ratio_to_limit"] == pytest.approx(0.8) and marginal["ratio_to_bare"] == pytest.approx(0.25)
     assert marginal["fixed_start_up_s"] == pytest.approx(10.0)  # 40 s for 300 images at 10 img/s: 10 s fixed
+    assert marginal["cpu_ms_per_extra_image"] == {"read": 100.0, "embed": 40.0}  # 20 s and 8 s over 200 images
     record = {"runs": [{**run, "actors": 2, "batch_size": 16, "read_cpus": 0.5, "end_to_end_img_s": 7.0,
                         "pipeline_img_s": 7.5, "bare_decode_img_s": 20.0, "limit_img_s": 12.5,
                         "ratio_to_limit": 0.6, "ratio_pipeline_to_bare": 0.19, "speedup_vs_1_actor": 1.0,
