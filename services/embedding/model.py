@@ -33,6 +33,7 @@ from cbmir.services.embedding.ensemble import (
     ensemble_digest,
     ensemble_members,
 )
+from cbmir.services.embedding.fusion import fuse_for_inference
 from cbmir.services.embedding.preprocess import Preprocessing, to_batch_tensor
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,11 @@ class EmbeddingModel:
         module = module.eval().to(self._torch_device)
         for p in module.parameters():
             p.requires_grad_(False)
+        if precision == "fp32":
+            # Batch norms folded into their convolutions, "same" padding made static: the same outputs (checked
+            # on a probe batch) for ~35 % less compute. Not under bf16/fp16, where folding would move the rounding
+            # and so the vectors of collections already written at that precision.
+            module = fuse_for_inference(module, self.preprocessing.input_size)
         # NHWC on both devices: oneDNN convolutions run fastest on it, and so do cuDNN's fp16/bf16 tensor-core
         # kernels; converting the weights once here avoids a reorder on every batch.
         module = module.to(memory_format=torch.channels_last)
