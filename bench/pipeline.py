@@ -473,7 +473,7 @@ def ingest_plot(record: dict[str, Any], out_dir: Path) -> Path:
             marginal = [r for r in runs if r.get("marginal", {}).get("img_s")]
             if marginal:  # per image once start-up is paid: what an archive of millions runs at
                 ax.plot([r["actors"] for r in marginal], [r["marginal"]["img_s"] for r in marginal], marker="^",
-                        linestyle="--", color=line.get_color(),
+                        linestyle=(0, (8, 3)), linewidth=1, color=line.get_color(),
                         label=label + f", past the first {marginal[0]['marginal']['from_images']} images")
             steady = [r for r in runs if r.get("steady_img_s")]
             if steady:  # the rate once the first batch is back: start-up is what separates it from the line above
