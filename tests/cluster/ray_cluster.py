@@ -48,7 +48,8 @@ def _node_port_flags() -> list[str]:
 class LocalRayCluster:
     """`with LocalRayCluster() as cluster: ray.init(address=cluster.address)`; nodes carry custom resources."""
 
-    def __init__(self, head_cpus: int = 1, worker_cpus: int = 1, start_timeout: float = 90.0) -> None:
+    # Generous: beside other test workers starting their own Ray and Milvus, two `ray start` take minutes.
+    def __init__(self, head_cpus: int = 1, worker_cpus: int = 1, start_timeout: float = 240.0) -> None:
         self.head_cpus = head_cpus
         self.worker_cpus = worker_cpus
         self.start_timeout = start_timeout
@@ -56,7 +57,9 @@ class LocalRayCluster:
         # Short: Ray's unix sockets live under it and a socket path is limited to 107 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
         self.processes: list[subprocess.Popen[bytes]] = []
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
+        # Ray's own wait for the GCS port (30 s) is what a loaded machine overruns first; an operator's value stands.
+        self.env = {"RAY_gcs_server_port_wait_time_s": "120", **os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_DEDUP_LOGS": "0",
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.started_pids: set[int] = set()
         self.nodes: list[dict] = []  # as alive_nodes() last saw them
