@@ -353,6 +353,9 @@ def run_ingest_bench(config: IngestBenchConfig, progress: Any = print) -> dict[s
     from cbmir.services.embedding import ImageDecodeError
     from cbmir.services.embedding.resize import decode_resized
 
+    if config.marginal_from and config.limit and config.marginal_from >= config.limit:
+        raise ValueError(f"--marginal-from ({config.marginal_from}) must be below --limit ({config.limit}): the "
+                         f"marginal rate is that of the images the longer run adds")
     paths = query_paths(replace(config, split=None), max(config.bare_images, config.decode_images) * 2)
     decoded, good = [], []
     for path in paths:

@@ -28,7 +28,10 @@ AGREEMENT_RTOL = 1e-3
 def fuse_for_inference(module: nn.Module, input_size: int) -> nn.Module:
     """`module` (eval mode, fp32, on its device) with its batch norms folded, when the result agrees with it on a
     probe batch of `input_size`² images; else `module` itself, unchanged."""
-    device = next(module.parameters()).device
+    parameter = next(module.parameters(), None)
+    if parameter is None:  # nothing to fold into
+        return module
+    device = parameter.device
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn(2, 3, input_size, input_size, generator=generator).to(device)
     fused = copy.deepcopy(module)
@@ -111,9 +114,9 @@ def _fold_batch_norms(module: nn.Module, probe: torch.Tensor) -> int:
 def _foldable(module: nn.Module) -> bool:
     """An eval-mode batch norm with running statistics whose forward is BatchNorm2d's, or timm's BatchNormAct2d
     (batch norm, then dropout and activation)."""
-    kinds = (nn.BatchNorm2d,) if type(module) is nn.BatchNorm2d else ()
+    plain = type(module) is nn.BatchNorm2d
     timm_act = type(module).__name__ == "BatchNormAct2d" and hasattr(module, "act") and hasattr(module, "drop")
-    return (bool(kinds) or timm_act) and not module.training and module.running_mean is not None \
+    return (plain or timm_act) and not module.training and module.running_mean is not None \
         and module.running_var is not None
 
 

@@ -73,6 +73,8 @@ def test_marginal_rate_is_the_rate_of_the_extra_images_and_the_rest_is_start_up(
     assert "start-up taken out (images 100 -> 300): 10.0 img/s = 0.80x the limit" in ingest_table(record)
     # A longer run that was not slower says nothing: no rate rather than a negative or infinite one.
     assert marginal_rate(base, {**run, "pipeline_seconds": 19.0}, limit=12.5)["img_s"] is None
+    with pytest.raises(ValueError, match="must be below --limit"):
+        run_ingest_bench(IngestBenchConfig(source="unused", split=None, limit=100, marginal_from=100))
 
 
 def test_ingest_bench_puts_the_pipeline_beside_the_limit_of_decode_plus_model(ray_local,

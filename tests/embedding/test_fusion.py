@@ -70,6 +70,8 @@ def test_a_batch_norm_before_its_convolution_is_not_folded() -> None:
     pre_activation = _with_running_statistics(nn.Sequential(nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 4, 1)))
 
     assert fuse_for_inference(pre_activation, 8) is pre_activation
+    parameterless = nn.Sequential(nn.ReLU())
+    assert fuse_for_inference(parameterless, 8) is parameterless
 
 
 def test_the_fp32_model_is_fused_and_embeds_as_the_unfused_backbone_does(monkeypatch: pytest.MonkeyPatch) -> None:
