@@ -57,9 +57,7 @@ class LocalRayCluster:
         # Short: Ray's unix sockets live under it and a socket path is limited to 107 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rc", dir="/tmp"))
         self.processes: list[subprocess.Popen[bytes]] = []
-        # Ray's own wait for the GCS port (30 s) is what a loaded machine overruns first; an operator's value stands.
-        self.env = {"RAY_gcs_server_port_wait_time_s": "120", **os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-                    "RAY_DEDUP_LOGS": "0",
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
                     "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         self.started_pids: set[int] = set()
         self.nodes: list[dict] = []  # as alive_nodes() last saw them
