@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from pymilvus import MilvusClient
+from pymilvus.client import entity_helper as pymilvus_entity_helper
 from pymilvus.exceptions import MilvusException
 
 from cbmir.services.store import schema
@@ -34,6 +35,13 @@ class _LiteIteratorTimestampNotice(logging.Filter):
 
 
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_LiteIteratorTimestampNotice())
+
+# pymilvus 3.0.2 checks each VARCHAR value of a row-based write by iterating over it as over a list of strings: one
+# Python step per character, ~5 000 for a row's thumbnail, 0.35 ms of every row ingest writes (a third of a
+# Milvus Lite upsert; docs/benchmarks.md "The write path"). Milvus Lite and the server check every length again,
+# and `refuse_over_long_values` names the field of an over-long value in one len() a value, so the client's
+# character loop is off (tests/store/test_store.py).
+pymilvus_entity_helper.CHECK_STR_ARRAY = False
 
 # Milvus caps `id in [...]` lists and messages; keep each request well under both.
 ID_QUERY_CHUNK = 1000
@@ -439,7 +447,11 @@ class MilvusStore:
 
         `absent`: the caller has just checked that none of these ids is stored, so a plain insert does.
         """
-        rows = rows_from_arrow(batch) if isinstance(batch, pa.RecordBatch | pa.Table) else list(batch)
+        if isinstance(batch, pa.RecordBatch | pa.Table):
+            rows = rows_from_arrow(batch)  # values cut to their field's length already
+        else:
+            rows = list(batch)
+            refuse_over_long_values(rows)
         if not rows:
             return 0
         if not self.has_field(name, schema.THUMBNAIL):
@@ -665,6 +677,20 @@ def _vector_bytes(vectors: np.ndarray) -> list[bytes]:
     (~0.1-0.2 ms per 1024-d vector, see docs/benchmarks.md "Where a server query spends its time")."""
     rows = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
     return [row.tobytes() for row in rows]
+
+
+VARCHAR_LIMITS: dict[str, int] = {schema.ID: schema.ID_MAX_LENGTH, **schema.SCALAR_FIELDS, **schema.ERASURE_FIELDS}
+
+
+def refuse_over_long_values(rows: Sequence[Mapping[str, Any]]) -> None:
+    """ValueError naming the field of the first value longer than its VARCHAR allows: the check pymilvus no longer
+    makes (CHECK_STR_ARRAY above) in one len() a value, where the server's own refusal would not name the field."""
+    for row in rows:
+        for name, limit in VARCHAR_LIMITS.items():
+            value = row.get(name)
+            if isinstance(value, str) and len(value) > limit:
+                raise ValueError(f"field {name!r} holds {len(value)} characters, more than its {limit} (row id "
+                                 f"{str(row.get(schema.ID, ''))[:64]!r}); nothing of this write was stored")
 
 
 def rows_from_arrow(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:

@@ -55,6 +55,18 @@ def test_upserting_the_same_rows_twice_keeps_one_row_each(store: MilvusStore) ->
     assert sorted(store.iter_ids("images")) == sorted(r["id"] for r in rows)
 
 
+def test_an_over_long_value_is_refused_with_its_field_and_nothing_of_its_write_is_stored(store: MilvusStore) -> None:
+    # pymilvus's own per-character length check is off (services/store/milvus.py): the store must still refuse.
+    from pymilvus.client import entity_helper
+
+    assert entity_helper.CHECK_STR_ARRAY is False  # the switch still exists: a pymilvus that drops it fails here
+    rows = _full(_rows(3))
+    rows[1] = {**rows[1], "label": "x" * (store_schema.SCALAR_FIELDS["label"] + 1)}
+    with pytest.raises(ValueError, match="field 'label' holds 257 characters, more than its 256"):
+        store.upsert("images", rows)
+    assert store.count("images") == 0
+
+
 def test_search_returns_the_vector_itself_first_then_decreasing_scores(store: MilvusStore) -> None:
     rows = _full(_rows(60))
     store.upsert("images", rows)
