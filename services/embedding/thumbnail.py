@@ -11,6 +11,11 @@ from PIL import Image
 THUMBNAIL_SIZE = 128  # longest side, pixels
 THUMBNAIL_MAX_BYTES = 12_288  # its base64 (16 384 chars) fits the store's VARCHAR (schema.THUMBNAIL_MAX_LENGTH)
 QUALITIES = (85, 70, 50, 30)  # tried in turn until the JPEG fits
+# Box-average by the largest whole factor first (Pillow's `reduce`), Lanczos only over what is left: a 512 px brain
+# MRI goes 512 -> 128 by 4x4 averages in 0.5 ms where Pillow's default gap (2.0: 512 -> 256 box, then Lanczos)
+# took 2.2 ms, a sixth of a read task's work; the two thumbnails differ by 0.65 grey levels on average
+# (docs/benchmarks.md "The write path"). A thumbnail is for the eye; the vectors never see it.
+REDUCING_GAP = 1.0
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -38,7 +43,7 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
 def thumbnail_jpeg(pixels: np.ndarray, size: int = THUMBNAIL_SIZE, max_bytes: int = THUMBNAIL_MAX_BYTES) -> bytes:
     """A JPEG whose longest side is at most `size`, aspect kept, at most `max_bytes` (lower quality if needed)."""
     image = Image.fromarray(to_uint8(pixels))
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     data = b""
     for quality in QUALITIES:
         buffer = io.BytesIO()
@@ -46,7 +51,8 @@ def thumbnail_jpeg(pixels: np.ndarray, size: int = THUMBNAIL_SIZE, max_bytes: in
         data = buffer.getvalue()
         if len(data) <= max_bytes:
             return data
-    image.thumbnail((size // 2, size // 2), Image.Resampling.LANCZOS)  # a noisy RGB image: halve it
+    # A noisy RGB image: halve it.
+    image.thumbnail((size // 2, size // 2), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=QUALITIES[-1])
     return buffer.getvalue()

@@ -105,6 +105,21 @@ def test_any_thumbnail_fits_the_store_field() -> None:
     assert store_schema.THUMBNAIL not in store_schema.OUTPUT_FIELDS  # kilobytes per hit only when asked
 
 
+def test_a_thumbnail_keeps_the_aspect_and_averages_fine_detail_away_as_lanczos_does() -> None:
+    # 512 x 384, stripes of ~7 px period under a bright disc: a thumbnail must average the stripes to grey, as a
+    # Lanczos downscale does (box 4 x 4 here, REDUCING_GAP), where nearest-neighbour keeps them (27 levels off).
+    y, x = np.mgrid[0:384, 0:512]
+    picture = 127 + 100 * np.sin(x / 1.1) * np.cos(y / 1.7) + 60 * ((x - 256) ** 2 + (y - 192) ** 2 < 90**2)
+    picture = np.stack([picture, picture * 0.8, picture * 0.6], axis=2).clip(0, 255).astype(np.uint8)
+
+    with Image.open(io.BytesIO(thumbnail_jpeg(picture))) as thumb:
+        shown = np.asarray(thumb.convert("RGB"), dtype=np.float32)
+    lanczos = np.asarray(Image.fromarray(picture).resize((128, 96), Image.Resampling.LANCZOS), dtype=np.float32)
+
+    assert shown.shape == (96, 128, 3)
+    assert np.abs(shown - lanczos).mean() < 15.0  # measured 9.0, JPEG quality 85 included; nearest: 27
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium is not installed")
 def test_chromium_renders_the_html_sheet_with_its_pictures(served, tmp_path: Path) -> None:
     target, archive = served
