@@ -15,7 +15,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,45 +368,23 @@ def node_cpus() -> list[float]:
     return [float(node["Resources"].get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")]
 
 
-def _model_options(config: IngestConfig, plan: ResourcePlan | None) -> dict[str, Any]:
+def _model_options(config: IngestConfig, plan: ResourcePlan) -> dict[str, Any]:
     return {"backbone": config.backbone, "weights": config.weights, "random_init": config.random_init,
-            "device": config.device, "precision": config.precision,
-            "num_threads": plan.torch_threads if plan else None, "tta": config.tta}
+            "device": config.device, "precision": config.precision, "num_threads": plan.torch_threads,
+            "tta": config.tta}
 
 
-def describes_model_here(config: IngestConfig) -> bool:
-    """Whether the driver describes the model itself (a local Ray with CPU actors run it on this machine)."""
-    return config.ray_address is None and config.device == "cpu"
-
-
-def start_model_probe(config: IngestConfig) -> Future[ModelDescription] | None:
-    """The driver's description of the model, begun on a thread before Ray starts; None where an actor's node must
-    describe it (probe_model). Starting a local Ray is ~4 s of waiting on its processes, loading the model ~3 s of
-    one core: side by side they took 5.0 s instead of 6.6 (docs/benchmarks.md "The write path")."""
-    if not describes_model_here(config):
-        return None
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbmir-model-probe")
-    try:
-        # No num_threads: describing runs no forward pass, and the driver keeps its own torch thread count.
-        return executor.submit(describe_model, **{**_model_options(config, None), "num_threads": None})
-    finally:
-        executor.shutdown(wait=False)
-
-
-def probe_model(config: IngestConfig, plan: ResourcePlan,
-                started: Future[ModelDescription] | None = None) -> ModelDescription:
+def probe_model(config: IngestConfig, plan: ResourcePlan) -> ModelDescription:
     """The actors' model identity (dim, input size, model id), where the actors will run.
 
     On a local Ray with CPU actors that is this machine: the driver loads the model once itself (torch is imported
     here already), where a task would start a worker process and import torch again only to describe it (~3 core-s
-    of a run's start-up, docs/benchmarks.md "Where the CPU goes"); `started` is that load begun while Ray started
-    (start_model_probe). On a cluster, or for GPU actors (a CUDA context in the driver would stay for the whole
-    run), one task with an actor's resources describes it on an actor's node.
+    of a run's start-up, docs/benchmarks.md "Where the CPU goes"). On a cluster, or for GPU actors (a CUDA context
+    in the driver would stay for the whole run), one task with an actor's resources describes it on an actor's node.
     """
-    if describes_model_here(config):
-        if started is None:
-            started = start_model_probe(config)
-        return started.result()  # WeightsError / ValueError come out as they are
+    if config.ray_address is None and config.device == "cpu":
+        # No num_threads: describing runs no forward pass, and the driver keeps its own torch thread count.
+        return describe_model(**{**_model_options(config, plan), "num_threads": None})
     options: dict[str, Any] = {"num_cpus": plan.actor_cpus}
     if plan.actor_gpus:
         options["num_gpus"] = plan.actor_gpus

@@ -38,7 +38,6 @@ from cbmir.ingestion.pipeline import (
     probe_model,
     ray_address,
     ray_session,
-    start_model_probe,
 )
 from cbmir.ingestion.reader import sorted_id_array
 from cbmir.ingestion.report import IngestReport
@@ -72,13 +71,12 @@ def run_ingestion(config: IngestConfig) -> IngestReport:
         # The one place ingest decides its id salt, before Ray starts: the read tasks and the sink get this one.
         stored_digest = store.id_salt_digest(config.collection) if store.has_collection(config.collection) else None
         config = replace(config, id_salt=resolve_id_salt(config.id_salt, stored_digest, config.collection))
-        model_probe = start_model_probe(config)  # loads while Ray starts, where the driver describes the model
         with ray_session(config.ray_address):
             plan = plan_resources(cluster_cpus(), config.actors, config.device, config.gpus_per_actor,
                                   node_cpus=node_cpus(), read_cpus=config.read_cpus)
             report.ray_plan = {"read_cpus": plan.read_cpus, "actor_cpus": plan.actor_cpus,
                                "actor_gpus": plan.actor_gpus, "torch_threads": plan.torch_threads}
-            model = probe_model(config, plan, model_probe)
+            model = probe_model(config, plan)
             report.model_id = model.model_id
             index = choose_index(config.index_type, config.metric, expected_rows=scan.count)
             store.ensure_collection(config.collection, model.identity_json, model.dim, index,

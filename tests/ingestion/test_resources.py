@@ -74,14 +74,9 @@ def test_a_local_run_describes_the_model_in_the_driver_as_an_actor_would(ray_loc
 
     from cbmir.ingestion import IngestConfig
     from cbmir.ingestion.embedder import describe_model
-    from cbmir.ingestion.pipeline import _model_options, probe_model, start_model_probe
+    from cbmir.ingestion.pipeline import _model_options, probe_model
 
     config = IngestConfig(source="x", backbone="efficientnet_lite0")
-    # Begun on a thread (run_ingestion starts it before Ray); a cluster or GPU actors describe it there instead.
-    early = start_model_probe(config)
-    assert early is not None
-    assert start_model_probe(IngestConfig(source="x", ray_address="ray://elsewhere:10001")) is None
-    assert start_model_probe(IngestConfig(source="x", device="cuda")) is None
     plan = plan_resources(2, 2, "cpu", 1.0)  # an actor's torch pool of 1 thread
     before = torch.get_num_threads()
     threads = plan.torch_threads + 2  # the driver's own pool, set apart from the actor's
@@ -94,4 +89,4 @@ def test_a_local_run_describes_the_model_in_the_driver_as_an_actor_would(ray_loc
     # The same description a worker computes (a cluster's path), and the driver's torch threads left alone.
     in_worker = ray.get(ray.remote(describe_model).options(num_cpus=plan.actor_cpus).remote(
         **_model_options(config, plan)))
-    assert in_driver == in_worker == probe_model(config, plan, early)
+    assert in_driver == in_worker
