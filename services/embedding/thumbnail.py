@@ -12,9 +12,9 @@ THUMBNAIL_SIZE = 128  # longest side, pixels
 THUMBNAIL_MAX_BYTES = 12_288  # its base64 (16 384 chars) fits the store's VARCHAR (schema.THUMBNAIL_MAX_LENGTH)
 QUALITIES = (85, 70, 50, 30)  # tried in turn until the JPEG fits
 # Box-average by the largest whole factor first (Pillow's `reduce`), Lanczos only over what is left: a 512 px brain
-# MRI goes 512 -> 128 by 4x4 averages in 0.5 ms where Pillow's default gap (2.0: 512 -> 256 box, then Lanczos)
-# took 2.2 ms, a sixth of a read task's work; the two thumbnails differ by 0.65 grey levels on average
-# (docs/benchmarks.md "The write path"). A thumbnail is for the eye; the vectors never see it.
+# MRI's thumbnail (512 -> 128 by 4x4 averages, then the JPEG) takes 0.65 ms where Pillow's default gap (2.0: 512 ->
+# 256 box, then Lanczos) took 1.8 ms, a sixth of a read task's work; the two thumbnails differ by 0.65 grey levels
+# on average (docs/benchmarks.md "The write path"). A thumbnail is for the eye; the vectors never see it.
 REDUCING_GAP = 1.0
 
 

@@ -57,9 +57,12 @@ def test_upserting_the_same_rows_twice_keeps_one_row_each(store: MilvusStore) ->
 
 def test_an_over_long_value_is_refused_with_its_field_and_nothing_of_its_write_is_stored(store: MilvusStore) -> None:
     # pymilvus's own per-character length check is off (services/store/milvus.py): the store must still refuse.
+    from pymilvus import DataType
     from pymilvus.client import entity_helper
 
-    assert entity_helper.CHECK_STR_ARRAY is False  # the switch still exists: a pymilvus that drops it fails here
+    # The switch is off and pymilvus's row path still reads it: a pymilvus that drops or renames it fails here.
+    assert entity_helper.CHECK_STR_ARRAY is False
+    assert "CHECK_STR_ARRAY" in entity_helper._ROW_SCALAR_NORMALIZERS[DataType.VARCHAR].__code__.co_names
     rows = _full(_rows(3))
     rows[1] = {**rows[1], "label": "x" * (store_schema.SCALAR_FIELDS["label"] + 1)}
     with pytest.raises(ValueError, match="field 'label' holds 257 characters, more than its 256"):
