@@ -329,9 +329,9 @@ class EmbeddingModel:
         for p in module.parameters():
             p.requires_grad_(False)
         if precision == "fp32":
-            # Batch norms folded into their convolutions, "same" padding made static: the same outputs (checked
-            # on a probe batch) for ~35 % less compute. Not under bf16/fp16, where folding would move the rounding
-            # and so the vectors of collections already written at that precision.
+            # Batch norms folded into their convolutions: the same outputs (checked on a probe batch), EfficientNet-
+            # Lite0 1.4-1.9x faster on this CPU. Not under bf16/fp16, where folding would move the rounding and so
+            # the vectors of collections already written at that precision.
             module = fuse_for_inference(module, self.preprocessing.input_size)
         # NHWC on both devices: oneDNN convolutions run fastest on it, and so do cuDNN's fp16/bf16 tensor-core
         # kernels; converting the weights once here avoids a reorder on every batch.
